@@ -1,0 +1,360 @@
+/**
+ * Command line: flags -> one validated Config, and the subcommands.
+ *
+ *   monopiped -e|-d -l ADDR -t ADDR|URL -k FILE [options]     run one end of a tunnel
+ *   monopiped keygen FILE [--force]                           write a new key file
+ *   monopiped demo [--mib N]                                  run a whole tunnel on loopback and verify a transfer
+ *   monopiped bench [options]                                 benchmark (see docs/BENCHMARKS.md)
+ *
+ * The flags are those of the original monopiped (-l/--listener -t -e -d -k -w) and of spiped (-s -t -k
+ * -e -d -n -o -b -F -j -p -v), so either tool's command line works unchanged. A usage error exits 2
+ * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
+ */
+import { readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { AddressError, parseAddress, type SocketAddress } from "./address.js";
+import type { Config, Mode } from "./config.js";
+import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
+import { createLogger, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.js";
+import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
+import { Tunnel } from "./tunnel.js";
+
+export class UsageError extends Error {}
+
+const VERSION: string = (() => {
+  try {
+    return JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version;
+  } catch {
+    return "unknown";
+  }
+})();
+
+export const HELP = `monopiped ${VERSION} - encrypted tunnel for TCP applications, over TCP or WebSockets
+
+Usage:
+  monopiped -e -l ADDR -t ADDR|URL -k KEYFILE [options]   client end: encrypt and send on
+  monopiped -d -l ADDR -t ADDR     -k KEYFILE [options]   server end: decrypt and deliver
+  monopiped keygen KEYFILE [--force]                      write a new 32-byte key (mode 0600)
+  monopiped demo [--mib N]                                tunnel N MiB on loopback and verify it
+  monopiped bench [--help]                                measure throughput, latency, memory
+
+Both ends share the key file. The client end (-e) accepts plain connections on -l and sends
+them encrypted to -t; the server end (-d) accepts encrypted connections on -l and forwards
+them in the clear to -t (e.g. sshd). The server end connects to its target only after the
+client has proved it holds the key.
+
+Required:
+  -e, --encrypt              client end: plain in, encrypted out
+  -d, --decrypt              server end: encrypted in, plain out
+  -l, --listen ADDR          where to accept connections (also -s ADDR as spiped, --listener as
+                             the original monopiped)
+  -t, --target ADDR|URL      where to connect: host:port, [ipv6]:port, /unix/socket, or for -e
+                             a ws:// or wss:// URL to reach a -w server through HTTP proxies
+  -k, --key FILE             shared key file, at least 32 bytes ("-" = standard input)
+
+Options:
+  -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
+      --protocol NAME        monopiped2 (default), monopiped1 (alias v1: the original Rust
+                             monopiped's wire format), auto (-d only, the default there:
+                             serves monopiped2 and monopiped1 clients)
+  -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
+  -o, --timeout SECONDS      handshake and connect timeout (default 5)
+      --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
+  -b, --bind HOST            local address for outgoing connections
+  -j, --no-keepalive         do not enable TCP keepalive
+  -p, --pidfile FILE         write the process id to FILE
+  -F, --foreground           accepted for spiped compatibility (monopiped never daemonizes)
+      --log-level LEVEL      trace, debug, info (default), warn, error, silent
+      --log-format FORMAT    text (default) or json; logs go to standard error
+  -h, --help                 show this help
+  -v, --version              print the version
+
+WebSocket options:
+      --path /PATH           -d -w: serve only this path (others get 404)
+      --trust-proxy          -d -w: log the client address from X-Forwarded-For / Forwarded
+      --ping-interval SECS   WebSocket ping interval; a missing pong closes the link (default 30)
+      --ca FILE              wss: trust this CA certificate (PEM) besides the system's
+      --insecure             wss: do not verify the server certificate (testing only!)
+      --sni NAME             wss: TLS server name to send
+      --host NAME            WebSocket Host header to send
+  -H, --header 'Name: value' extra HTTP header on the upgrade request (repeatable)
+      --proxy URL            HTTP CONNECT proxy, http://[user:pass@]host:port (default: the
+                             HTTPS_PROXY / HTTP_PROXY / NO_PROXY environment variables)
+
+Examples:
+  monopiped keygen key.bin                     # or: dd if=/dev/urandom bs=32 count=1 of=key.bin
+  # SSH through the tunnel:
+  client:  monopiped -l 127.0.0.1:3000 -t server.example.com:2222 -e -k key.bin
+  server:  monopiped -l 0.0.0.0:2222  -t 127.0.0.1:22            -d -k key.bin
+  then:    ssh -p3000 127.0.0.1
+  # The encrypted leg inside WebSockets, behind a web server that proxies /ssh to port 3000:
+  client:  monopiped -l 127.0.0.1:3000 -t wss://server.example.com/ssh -e -k key.bin
+  server:  monopiped -l 127.0.0.1:3000 -t 127.0.0.1:22 -d -k key.bin -w
+
+Exit status: 0 after a clean stop, 1 when it cannot start (key file, address), 2 on a usage error.
+`;
+
+const RUN_OPTIONS = {
+  encrypt: { type: "boolean", short: "e" },
+  decrypt: { type: "boolean", short: "d" },
+  listen: { type: "string", short: "l" },
+  listener: { type: "string" },
+  source: { type: "string", short: "s" },
+  target: { type: "string", short: "t" },
+  key: { type: "string", short: "k" },
+  ws: { type: "boolean", short: "w" },
+  protocol: { type: "string" },
+  "max-conns": { type: "string", short: "n" },
+  timeout: { type: "string", short: "o" },
+  grace: { type: "string" },
+  bind: { type: "string", short: "b" },
+  "no-keepalive": { type: "boolean", short: "j" },
+  pidfile: { type: "string", short: "p" },
+  foreground: { type: "boolean", short: "F" },
+  "log-level": { type: "string" },
+  "log-format": { type: "string" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "v" },
+  path: { type: "string" },
+  "trust-proxy": { type: "boolean" },
+  "ping-interval": { type: "string" },
+  ca: { type: "string" },
+  insecure: { type: "boolean" },
+  sni: { type: "string" },
+  host: { type: "string" },
+  header: { type: "string", short: "H", multiple: true },
+  proxy: { type: "string" },
+} as const;
+
+/** The spelling of a flag for messages: "-n/--max-conns". */
+function flagName(name: string): string {
+  const short = (RUN_OPTIONS as Record<string, { short?: string }>)[name]?.short;
+  return short ? `-${short}/--${name}` : `--${name}`;
+}
+
+/** parseArgs, with its errors reworded and every option allowed once (as spiped does). */
+function parse<T extends Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>>(
+  argv: string[],
+  options: T,
+  positionals = false,
+) {
+  const parseStrict = () => parseArgs({ args: argv, options, allowPositionals: positionals, strict: true, tokens: true });
+  let parsed: ReturnType<typeof parseStrict>;
+  try {
+    parsed = parseStrict();
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    const opt = /'([^']+)'/.exec(e.message)?.[1];
+    if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") throw new UsageError(`unknown option ${opt ?? e.message}`);
+    if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+      throw new UsageError(`option ${opt?.replace(/ <value>$/, "") ?? ""} ${/argument missing/.test(e.message) ? "needs a value" : "takes no value"}`);
+    }
+    if (e.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") throw new UsageError(`unexpected argument ${opt ?? ""}`);
+    throw new UsageError(e.message);
+  }
+  const seen = new Set<string>();
+  for (const tok of parsed.tokens ?? []) {
+    if (tok.kind !== "option") continue;
+    if (options[tok.name]?.multiple) continue;
+    if (seen.has(tok.name)) throw new UsageError(`${tok.rawName} given more than once`);
+    seen.add(tok.name);
+  }
+  return parsed;
+}
+
+function number(value: string | undefined, flag: string, def: number, check: (n: number) => boolean, what: string): number {
+  if (value === undefined) return def;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || !check(n)) throw new UsageError(`${flag} ${value}: expected ${what}`);
+  return n;
+}
+
+function address(value: string, flag: string, allowUrl: boolean, allowPortZero: boolean) {
+  try {
+    return parseAddress(value, { allowUrl, allowPortZero });
+  } catch (err) {
+    if (err instanceof AddressError) throw new UsageError(`${flag}: ${err.message}`);
+    throw err;
+  }
+}
+
+/** Flags -> Config (the key file is read separately, after every flag checked out). */
+export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: string; pidfile?: string } {
+  const { values: v } = parse(argv, RUN_OPTIONS);
+  if (v.encrypt && v.decrypt) throw new UsageError("-e/--encrypt and -d/--decrypt contradict each other: give one");
+  if (!v.encrypt && !v.decrypt) {
+    throw new UsageError("missing -e/--encrypt (client end) or -d/--decrypt (server end)");
+  }
+  const mode: Mode = v.encrypt ? "encrypt" : "decrypt";
+
+  const listens = (["listen", "listener", "source"] as const).filter((k) => v[k] !== undefined);
+  if (listens.length > 1) throw new UsageError(`${listens.map(flagName).join(" and ")} both give the listen address: give one`);
+  const listenText = listens.length ? (v[listens[0]] as string) : undefined;
+  if (listenText === undefined) throw new UsageError("missing -l/--listen ADDR: where to accept connections, e.g. -l 127.0.0.1:3000");
+  if (v.target === undefined) throw new UsageError("missing -t/--target ADDR: where to connect, e.g. -t 127.0.0.1:22");
+  if (v.key === undefined) throw new UsageError("missing -k/--key FILE: the shared key file (create one with: monopiped keygen key.bin)");
+
+  const listen = address(listenText, flagName(listens[0]), false, true) as SocketAddress;
+  const target = address(v.target, "-t/--target", true, false);
+  if (mode === "decrypt" && target.kind === "ws") {
+    throw new UsageError(
+      "-t/--target: a ws:// or wss:// target needs -e; a -d server takes a plain target (host:port) and -w to accept WebSockets",
+    );
+  }
+  if (mode === "encrypt" && v.ws) {
+    throw new UsageError("-w/--ws applies to -d (it makes the listener accept WebSockets); for a WebSocket client give -t ws://... or wss://...");
+  }
+
+  const protocolText = v.protocol ?? (mode === "decrypt" ? "auto" : "monopiped2");
+  const protocol = PROTOCOL_ALIASES[protocolText.toLowerCase()];
+  if (!protocol) throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1) or auto`);
+  if (protocol === "auto" && mode === "encrypt") throw new UsageError("--protocol auto: only a -d server can detect the protocol; a client picks one");
+
+  const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter((k) => v[k] !== undefined);
+  if (wsClientFlags.length && target.kind !== "ws") {
+    throw new UsageError(`${flagName(wsClientFlags[0])} applies to a ws:// or wss:// target only`);
+  }
+  const wsServerFlags = (["path", "trust-proxy"] as const).filter((k) => v[k] !== undefined);
+  if (wsServerFlags.length && !v.ws) throw new UsageError(`${flagName(wsServerFlags[0])} applies to a -d -w WebSocket server only`);
+  if (v.path !== undefined && !v.path.startsWith("/")) throw new UsageError(`--path ${v.path}: must start with /`);
+  const headers: Record<string, string> = {};
+  for (const h of v.header ?? []) {
+    const m = /^([A-Za-z0-9!#$%&'*+.^_`|~-]+):\s*(.*)$/.exec(h);
+    if (!m) throw new UsageError(`-H/--header ${JSON.stringify(h)}: expected 'Name: value'`);
+    headers[m[1]] = m[2];
+  }
+  if (v.proxy !== undefined && !/^https?:\/\//i.test(v.proxy)) throw new UsageError(`--proxy ${v.proxy}: expected http://[user:pass@]host:port`);
+
+  const logLevel = (v["log-level"] ?? "info") as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
+  const logFormat = (v["log-format"] ?? "text") as LogFormat;
+  if (logFormat !== "text" && logFormat !== "json") throw new UsageError(`--log-format ${logFormat}: expected text or json`);
+
+  // spiped: -o 0 means "use the default".
+  const timeout = number(v.timeout, "-o/--timeout", 5, (n) => n >= 0 && n <= 86400, "seconds, a number > 0") || 5;
+
+  return {
+    mode,
+    listen,
+    target,
+    wsListen: Boolean(v.ws),
+    protocol,
+    keyPath: v.key,
+    maxConns: number(v["max-conns"], "-n/--max-conns", 100, (n) => Number.isInteger(n) && n >= 0, "a whole number >= 0 (0 = no limit)"),
+    timeoutMs: timeout * 1000,
+    graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
+    keepAlive: !v["no-keepalive"],
+    bindHost: v.bind,
+    pidfile: v.pidfile,
+    pingIntervalMs: number(v["ping-interval"], "--ping-interval", 30, (n) => n >= 0, "seconds >= 0 (0 = no pings)") * 1000,
+    wsServer: { path: v.path, trustProxy: Boolean(v["trust-proxy"]) },
+    wsClient: { caFile: v.ca, insecure: Boolean(v.insecure), sni: v.sni, hostHeader: v.host, headers, proxy: v.proxy },
+    logLevel,
+    logFormat,
+  };
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values } = parse(argv, RUN_OPTIONS);
+  if (values.help || argv.length === 0) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`monopiped ${VERSION}\n`);
+    return 0;
+  }
+  const flags = parseRunArgs(argv);
+  const log = createLogger(flags.logLevel, flags.logFormat);
+  let keyFile: ReturnType<typeof readKeyFile>;
+  try {
+    keyFile = readKeyFile(flags.keyPath);
+  } catch (err) {
+    if (err instanceof KeyFileError) {
+      process.stderr.write(`monopiped: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  if (keyFile.warning) log.warn(keyFile.warning);
+  const cfg: Config = { ...flags, keys: prepareKeys(keyFile.bytes) };
+
+  const tunnel = new Tunnel(cfg, log);
+  try {
+    await tunnel.start();
+  } catch (err) {
+    process.stderr.write(`monopiped: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
+
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      signals++;
+      if (signals > 1) {
+        log.warn(`${sig} again: exiting now`);
+        resolve(1);
+        return;
+      }
+      log.info(`${sig}: no longer accepting connections`);
+      void tunnel.stop(cfg.graceMs).then(() => {
+        log.info("stopped");
+        resolve(0);
+      });
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  }).finally(() => {
+    if (flags.pidfile) {
+      try {
+        unlinkSync(flags.pidfile);
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
+function keygen(argv: string[]): number {
+  const { values, positionals } = parse(argv, { force: { type: "boolean", short: "f" }, help: { type: "boolean", short: "h" } }, true);
+  if (values.help) {
+    process.stdout.write("Usage: monopiped keygen FILE [--force]\nWrites 32 random bytes to FILE with mode 0600. --force replaces an existing file.\n");
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError("keygen needs exactly one FILE, e.g. monopiped keygen key.bin");
+  try {
+    writeKeyFile(positionals[0], Boolean(values.force));
+  } catch (err) {
+    if (err instanceof KeyFileError) {
+      process.stderr.write(`monopiped: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  process.stderr.write(`wrote a new 32-byte key to ${positionals[0]} (mode 0600); copy it to the other end over a secure channel\n`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    switch (argv[0]) {
+      case "keygen":
+        return keygen(argv.slice(1));
+      case "demo":
+        return (await import("./demo.js")).demo(argv.slice(1));
+      case "bench":
+        return (await import("../bench/bench.js")).benchMain(argv.slice(1));
+      case "run":
+        return await run(argv.slice(1));
+      default:
+        return await run(argv);
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`monopiped: ${err.message}\nTry 'monopiped --help' for more information.\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,44 @@
+/** The one validated configuration the CLI builds from flags; everything else reads only this. */
+import type { Address, SocketAddress, WsAddress } from "./address.js";
+import type { LogFormat, LogLevel } from "./log.js";
+import type { Keys, ProtocolChoice } from "./protocol/index.js";
+
+export type Mode = "encrypt" | "decrypt";
+
+export interface WsServerOptions {
+  /** Only this request path is served (others get 404); undefined = any path. */
+  path?: string;
+  /** Take the client address from X-Forwarded-For / Forwarded for logs. */
+  trustProxy: boolean;
+}
+
+export interface WsClientOptions {
+  caFile?: string;
+  insecure: boolean;
+  sni?: string;
+  hostHeader?: string;
+  headers: Record<string, string>;
+  proxy?: string;
+}
+
+export interface Config {
+  mode: Mode;
+  listen: SocketAddress;
+  target: SocketAddress | WsAddress;
+  /** -d -w: the listener accepts WebSocket upgrades. */
+  wsListen: boolean;
+  protocol: ProtocolChoice;
+  keys: Keys;
+  maxConns: number;
+  timeoutMs: number;
+  graceMs: number;
+  keepAlive: boolean;
+  bindHost?: string;
+  pingIntervalMs: number;
+  wsServer: WsServerOptions;
+  wsClient: WsClientOptions;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+}
+
+export type { Address };

@@ -1,0 +1,63 @@
+/**
+ * Server-side protocol detection. monopiped2's msg1 and monopiped1's client hello are both 48
+ * bytes and both authenticated under the key file, so the first 48 bytes tell them apart with
+ * certainty: whichever key opens them is the protocol. Nothing is sent before that, which the
+ * original client allows (it sends its hello without waiting for the server's).
+ */
+import { ByteQueue } from "./bytequeue.js";
+import { ProtocolError } from "./errors.js";
+import type { Keys } from "./index.js";
+import { monopiped1Handshake } from "./monopiped1.js";
+import { monopiped2Handshake } from "./monopiped2.js";
+import type { Handshake, Session } from "./types.js";
+
+const FIRST_MESSAGE_LEN = 48;
+
+class AutoServerHandshake implements Handshake {
+  private readonly queue = new ByteQueue();
+  private chosen: Handshake | null = null;
+  constructor(private readonly keys: Keys) {}
+
+  get session(): Session | null {
+    return this.chosen?.session ?? null;
+  }
+  get buffered(): number {
+    return this.chosen ? this.chosen.buffered : this.queue.length;
+  }
+
+  start(): Buffer[] {
+    return [];
+  }
+
+  receive(bytes: Buffer): Buffer[] {
+    if (this.chosen) return this.chosen.receive(bytes);
+    this.queue.push(bytes);
+    if (this.queue.length < FIRST_MESSAGE_LEN) return [];
+    const all = this.queue.takeAll();
+    const v1 = monopiped1Handshake("server", this.keys.monopiped1);
+    try {
+      v1.receive(all);
+      this.chosen = v1;
+      return v1.start();
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+    }
+    const v2 = monopiped2Handshake("server", this.keys.monopiped2);
+    try {
+      const out = v2.receive(all);
+      this.chosen = v2;
+      return out;
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      throw new ProtocolError("bad-handshake", "first message did not authenticate: wrong key or not a monopiped peer");
+    }
+  }
+
+  takeRest(): Buffer {
+    return this.chosen ? this.chosen.takeRest() : Buffer.alloc(0);
+  }
+}
+
+export function serverAutoHandshake(keys: Keys): Handshake {
+  return new AutoServerHandshake(keys);
+}

@@ -1,0 +1,309 @@
+/**
+ * The parts of the Noise Protocol Framework (revision 34) that monopiped2 needs: CipherState,
+ * SymmetricState and a HandshakeState for the NN and NNpsk0 patterns, with DH 25519, cipher
+ * ChaChaPoly and hash BLAKE2b or SHA256. Every primitive comes from node:crypto (OpenSSL).
+ *
+ * Sans-IO: the handshake state turns payloads into messages and back; it never sees a socket.
+ */
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createHmac,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  type KeyObject,
+} from "node:crypto";
+import { ProtocolError } from "./errors.js";
+
+export const DHLEN = 32;
+export const TAGLEN = 16;
+export type NoiseHash = "BLAKE2b" | "SHA256";
+
+// ---------------------------------------------------------------------------------------------
+// X25519 with raw 32-byte keys. OpenSSL only takes DER/JWK key objects, so wrap raw bytes in the
+// fixed PKCS#8 / SPKI prefixes for the X25519 OID (1.3.101.110).
+const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
+const SPKI_X25519 = Buffer.from("302a300506032b656e032100", "hex");
+
+export interface KeyPair {
+  privateKey: KeyObject;
+  publicKey: Buffer; // raw 32 bytes, as on the wire
+}
+
+export function keyPairFromSecret(secret: Buffer): KeyPair {
+  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_X25519, secret]), format: "der", type: "pkcs8" });
+  return { privateKey, publicKey: rawPublicKey(createPublicKey(privateKey)) };
+}
+
+export function generateKeyPair(): KeyPair {
+  const { privateKey, publicKey } = generateKeyPairSync("x25519");
+  return { privateKey, publicKey: rawPublicKey(publicKey) };
+}
+
+function rawPublicKey(key: KeyObject): Buffer {
+  return key.export({ type: "spki", format: "der" }).subarray(SPKI_X25519.length);
+}
+
+/** X25519; a low-order peer key (all-zero shared secret) is refused, as Noise allows. */
+export function dh(own: KeyPair, peerPublic: Buffer): Buffer {
+  try {
+    const publicKey = createPublicKey({ key: Buffer.concat([SPKI_X25519, peerPublic]), format: "der", type: "spki" });
+    return diffieHellman({ privateKey: own.privateKey, publicKey });
+  } catch {
+    // OpenSSL fails the derivation for an all-zero result, i.e. a small-order peer key.
+    throw new ProtocolError("bad-handshake", "peer sent a degenerate X25519 key");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hash, HMAC and HKDF as Noise defines them (section 4.3).
+class HashFn {
+  readonly hashLen: number;
+  private readonly alg: string;
+  constructor(name: NoiseHash) {
+    this.alg = name === "BLAKE2b" ? "blake2b512" : "sha256";
+    this.hashLen = name === "BLAKE2b" ? 64 : 32;
+  }
+  hash(...parts: Buffer[]): Buffer {
+    const h = createHash(this.alg);
+    for (const p of parts) h.update(p);
+    return h.digest();
+  }
+  hmac(key: Buffer, ...parts: Buffer[]): Buffer {
+    const h = createHmac(this.alg, key);
+    for (const p of parts) h.update(p);
+    return h.digest();
+  }
+  /** Noise HKDF: returns `n` outputs of hashLen bytes each. */
+  hkdf(chainingKey: Buffer, ikm: Buffer, n: 2 | 3): Buffer[] {
+    const tempKey = this.hmac(chainingKey, ikm);
+    const out: Buffer[] = [];
+    let prev: Buffer = Buffer.alloc(0);
+    for (let i = 1; i <= n; i++) {
+      prev = this.hmac(tempKey, prev, Buffer.of(i));
+      out.push(prev);
+    }
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+/**
+ * A Noise CipherState: ChaCha20-Poly1305 with a 64-bit little-endian counter nonce. The counter is
+ * refused long before it could wrap (Noise reserves 2^64-1; we stop at 2^48 messages, far beyond
+ * any real connection), so a nonce is never reused under one key.
+ */
+export const NONCE_LIMIT = 2 ** 48;
+
+export class CipherState {
+  private key: Buffer | null = null;
+  private n = 0;
+  private readonly nonce = Buffer.alloc(12);
+
+  initializeKey(key: Buffer | null): void {
+    this.key = key;
+    this.n = 0;
+  }
+  hasKey(): boolean {
+    return this.key !== null;
+  }
+  get counter(): number {
+    return this.n;
+  }
+
+  /** The nonce for the current counter. The counter advances only after a message succeeds. */
+  private currentNonce(): Buffer {
+    if (this.n >= NONCE_LIMIT) throw new ProtocolError("nonce-limit", "message counter limit reached");
+    this.nonce.writeUInt32LE(this.n >>> 0, 4);
+    this.nonce.writeUInt32LE(Math.floor(this.n / 2 ** 32), 8);
+    return this.nonce;
+  }
+
+  /** Encrypt `plain` with associated data `ad`; returns ciphertext || tag. Without a key, returns plain. */
+  encryptWithAd(ad: Buffer, plain: Buffer): Buffer {
+    if (!this.key) return plain;
+    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), { authTagLength: TAGLEN });
+    if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: plain.length });
+    const body = cipher.update(plain);
+    cipher.final();
+    this.n++;
+    return Buffer.concat([body, cipher.getAuthTag()], plain.length + TAGLEN);
+  }
+
+  /** Decrypt ciphertext || tag; throws ProtocolError when it does not authenticate. */
+  decryptWithAd(ad: Buffer, sealed: Buffer, code: "bad-handshake" | "bad-record" = "bad-record"): Buffer {
+    if (!this.key) return sealed;
+    if (sealed.length < TAGLEN) throw new ProtocolError(code, "message shorter than its tag");
+    const bodyLen = sealed.length - TAGLEN;
+    const decipher = createDecipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
+      authTagLength: TAGLEN,
+    });
+    decipher.setAuthTag(sealed.subarray(bodyLen));
+    if (ad.length > 0) decipher.setAAD(ad, { plaintextLength: bodyLen });
+    const plain = decipher.update(sealed.subarray(0, bodyLen));
+    try {
+      decipher.final();
+    } catch {
+      throw new ProtocolError(code, "message failed authentication");
+    }
+    this.n++;
+    return plain;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+class SymmetricState {
+  readonly cipher = new CipherState();
+  private ck: Buffer;
+  h: Buffer;
+  constructor(
+    private readonly fn: HashFn,
+    protocolName: string,
+  ) {
+    const name = Buffer.from(protocolName, "ascii");
+    this.h = name.length <= fn.hashLen ? Buffer.concat([name], fn.hashLen) : fn.hash(name);
+    this.ck = this.h;
+  }
+  private truncKey(k: Buffer): Buffer {
+    return k.subarray(0, 32);
+  }
+  mixKey(ikm: Buffer): void {
+    const [ck, k] = this.fn.hkdf(this.ck, ikm, 2);
+    this.ck = ck;
+    this.cipher.initializeKey(this.truncKey(k));
+  }
+  mixHash(data: Buffer): void {
+    this.h = this.fn.hash(this.h, data);
+  }
+  mixKeyAndHash(ikm: Buffer): void {
+    const [ck, th, k] = this.fn.hkdf(this.ck, ikm, 3);
+    this.ck = ck;
+    this.mixHash(th);
+    this.cipher.initializeKey(this.truncKey(k));
+  }
+  encryptAndHash(plain: Buffer): Buffer {
+    const c = this.cipher.encryptWithAd(this.h, plain);
+    this.mixHash(c);
+    return c;
+  }
+  decryptAndHash(sealed: Buffer): Buffer {
+    const p = this.cipher.decryptWithAd(this.h, sealed, "bad-handshake");
+    this.mixHash(sealed);
+    return p;
+  }
+  split(): [CipherState, CipherState] {
+    const [k1, k2] = this.fn.hkdf(this.ck, Buffer.alloc(0), 2);
+    const c1 = new CipherState();
+    const c2 = new CipherState();
+    c1.initializeKey(this.truncKey(k1));
+    c2.initializeKey(this.truncKey(k2));
+    return [c1, c2];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+export type NoisePattern = "NN" | "NNpsk0";
+
+export interface HandshakeOptions {
+  pattern: NoisePattern;
+  hash: NoiseHash;
+  initiator: boolean;
+  prologue: Buffer;
+  psk?: Buffer;
+  /** Fixed ephemeral key, for test vectors only; otherwise a fresh one is generated. */
+  ephemeral?: KeyPair;
+}
+
+export interface TransportKeys {
+  /** CipherState this side encrypts with. */
+  send: CipherState;
+  /** CipherState this side decrypts with. */
+  receive: CipherState;
+  handshakeHash: Buffer;
+}
+
+/**
+ * HandshakeState for the two-message patterns NN (-> e; <- e, ee) and NNpsk0 (-> psk, e; <- e, ee).
+ * writeMessage/readMessage must be called in pattern order; after the second message `split()`
+ * yields the transport cipher states.
+ */
+export class NoiseHandshake {
+  private readonly ss: SymmetricState;
+  private readonly e: KeyPair;
+  private re: Buffer | null = null;
+  private step = 0;
+  private readonly psk: boolean;
+
+  constructor(private readonly opts: HandshakeOptions) {
+    const fn = new HashFn(opts.hash);
+    this.ss = new SymmetricState(fn, `Noise_${opts.pattern}_25519_ChaChaPoly_${opts.hash}`);
+    this.ss.mixHash(opts.prologue);
+    this.psk = opts.pattern === "NNpsk0";
+    if (this.psk && opts.psk?.length !== 32) throw new Error("NNpsk0 needs a 32-byte psk");
+    this.e = opts.ephemeral ?? generateKeyPair();
+  }
+
+  get finished(): boolean {
+    return this.step === 2;
+  }
+
+  /** Length of handshake message `index` (0 or 1) carrying `payloadLen` bytes of payload. */
+  messageLength(index: 0 | 1, payloadLen: number): number {
+    const encrypted = index === 1 || this.psk;
+    return DHLEN + payloadLen + (encrypted ? TAGLEN : 0);
+  }
+
+  private expectTurn(writing: boolean): void {
+    if (this.step >= 2) throw new Error("handshake already finished");
+    const initiatorTurn = this.step === 0;
+    if (writing !== (initiatorTurn === this.opts.initiator)) throw new Error("not this side's turn");
+  }
+
+  /** The `e` token: send our ephemeral key; in psk mode it also feeds the cipher key. */
+  private mixEphemeral(pub: Buffer): void {
+    this.ss.mixHash(pub);
+    if (this.psk) this.ss.mixKey(pub);
+  }
+
+  writeMessage(payload: Buffer): Buffer {
+    this.expectTurn(true);
+    const parts: Buffer[] = [];
+    if (this.step === 0) {
+      if (this.psk) this.ss.mixKeyAndHash(this.opts.psk as Buffer);
+      parts.push(this.e.publicKey);
+      this.mixEphemeral(this.e.publicKey);
+    } else {
+      parts.push(this.e.publicKey);
+      this.mixEphemeral(this.e.publicKey);
+      this.ss.mixKey(dh(this.e, this.re as Buffer));
+    }
+    parts.push(this.ss.encryptAndHash(payload));
+    this.step++;
+    return Buffer.concat(parts);
+  }
+
+  readMessage(message: Buffer): Buffer {
+    this.expectTurn(false);
+    const minLen = this.messageLength(this.step as 0 | 1, 0);
+    if (message.length < minLen) throw new ProtocolError("bad-handshake", "handshake message too short");
+    const re = Buffer.from(message.subarray(0, DHLEN));
+    if (this.step === 0 && this.psk) this.ss.mixKeyAndHash(this.opts.psk as Buffer);
+    this.re = re;
+    this.mixEphemeral(re);
+    if (this.step === 1) this.ss.mixKey(dh(this.e, re));
+    const payload = this.ss.decryptAndHash(message.subarray(DHLEN));
+    this.step++;
+    return payload;
+  }
+
+  split(): TransportKeys {
+    if (!this.finished) throw new Error("handshake not finished");
+    const [c1, c2] = this.ss.split();
+    return this.opts.initiator
+      ? { send: c1, receive: c2, handshakeHash: this.ss.h }
+      : { send: c2, receive: c1, handshakeHash: this.ss.h };
+  }
+}

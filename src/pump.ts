@@ -1,0 +1,166 @@
+/**
+ * The two-way copy between the plain application link and the encrypted link, once the handshake
+ * is done. It owns backpressure (a side that cannot keep up pauses the other: memory per connection
+ * stays bounded by the sockets' own buffers), half-close (each direction ends on its own), byte
+ * counters, and the rule for how a connection ends:
+ *
+ *   - clean: both directions delivered their end of stream; both links are closed normally.
+ *   - cut:   the encrypted link ended without an authenticated end of stream (monopiped2), or failed;
+ *            the plain side is reset (RST) so the application cannot mistake a truncation for an end.
+ *   - abort: either application reset its connection, or the peer said it aborted; the other
+ *            application is reset as well.
+ */
+import { ProtocolError } from "./protocol/errors.js";
+import type { Session } from "./protocol/types.js";
+import type { Link } from "./transport/link.js";
+
+export interface PumpResult {
+  /** Plain bytes read from the application and sent through the tunnel. */
+  sent: number;
+  /** Plain bytes received through the tunnel and written to the application. */
+  received: number;
+  /** Why the connection ended, for the log. */
+  reason: string;
+  /** False when the connection did not end cleanly. */
+  clean: boolean;
+}
+
+export interface PumpOptions {
+  /** Bytes that arrived right after the handshake, already read from the encrypted link. */
+  rest?: Buffer;
+  /** Called once the connection is fully wired (data may flow). */
+  onStart?: () => void;
+}
+
+export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions = {}): Promise<PumpResult> {
+  return new Promise((resolve) => {
+    const { sealer, opener } = session;
+    let sent = 0;
+    let received = 0;
+    let upDone = false; // application -> tunnel finished (end of stream sent)
+    let downDone = false; // tunnel -> application finished (end of stream received)
+    let settled = false;
+
+    const finish = (reason: string, clean: boolean) => {
+      if (settled) return;
+      settled = true;
+      plain.removeAllListeners("data");
+      enc.removeAllListeners("data");
+      resolve({ sent, received, reason, clean });
+    };
+
+    /** Tear down after a failure: the application sees a reset, the peer an abort where the protocol can say it. */
+    const fail = (reason: string, tellPeer: string | null) => {
+      if (settled) return;
+      if (tellPeer !== null) {
+        try {
+          const records = sealer.abort(tellPeer);
+          if (records.length > 0) {
+            enc.send(records);
+            enc.endWrite();
+          } else enc.reset();
+        } catch {
+          enc.reset();
+        }
+      } else enc.reset();
+      plain.reset();
+      finish(reason, false);
+    };
+
+    const maybeDone = () => {
+      if (!upDone || !downDone) return;
+      // Both ends of stream are through: close the encrypted leg (for monopiped2 this is the first
+      // FIN; for the compatibility protocols the FIN already went out as their end of stream).
+      if (session.authenticatedEnd) enc.endWrite();
+      finish("closed", true);
+    };
+
+    // application -> tunnel
+    plain.on("data", (chunk: Buffer) => {
+      sent += chunk.length;
+      if (!enc.send(sealer.seal(chunk))) plain.pause();
+    });
+    enc.on("drain", () => {
+      if (!upDone) plain.resume();
+    });
+    plain.on("end", () => {
+      if (settled) return;
+      upDone = true;
+      const records = sealer.end();
+      if (records.length > 0) enc.send(records);
+      if (!session.authenticatedEnd) enc.endWrite();
+      maybeDone();
+    });
+
+    // tunnel -> application
+    const deliver = (chunk: Buffer) => {
+      const events = opener.push(chunk);
+      if (enc.messageFramed && opener.buffered !== 0) {
+        throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
+      }
+      for (const ev of events) {
+        if (ev.type === "data") {
+          if (ev.data.length === 0) continue;
+          received += ev.data.length;
+          if (!plain.send([ev.data])) enc.pause();
+        } else if (ev.type === "end") {
+          downDone = true;
+          plain.endWrite();
+          maybeDone();
+        } else {
+          fail(`peer aborted: ${ev.reason}`, null);
+          return;
+        }
+      }
+    };
+    enc.on("data", (chunk: Buffer) => {
+      if (settled) return;
+      try {
+        deliver(chunk);
+      } catch (err) {
+        const why = err instanceof ProtocolError ? err.message : String(err);
+        fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
+      }
+    });
+    plain.on("drain", () => {
+      if (!downDone) enc.resume();
+    });
+    enc.on("end", () => {
+      if (settled || downDone) return;
+      if (session.authenticatedEnd) {
+        fail("encrypted connection cut: it ended without an end-of-stream record (truncated)", null);
+        return;
+      }
+      // Compatibility protocols: the transport's end is the end of stream (unauthenticated).
+      downDone = true;
+      if (opener.buffered > 0) {
+        fail(`encrypted connection ended inside a record (${opener.buffered} bytes left over)`, null);
+        return;
+      }
+      plain.endWrite();
+      maybeDone();
+    });
+
+    enc.on("close", (err?: Error) => {
+      if (settled) return;
+      fail(`encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`, null);
+    });
+    plain.on("close", (err?: Error) => {
+      if (settled) return;
+      fail(`application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`, "the application reset its connection");
+    });
+
+    if (opts.rest && opts.rest.length > 0) {
+      try {
+        deliver(opts.rest);
+      } catch (err) {
+        const why = err instanceof ProtocolError ? err.message : String(err);
+        fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
+        return;
+      }
+    }
+    opts.onStart?.();
+    plain.resume();
+    enc.resume();
+  });
+}

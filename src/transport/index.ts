@@ -1,0 +1,37 @@
+/**
+ * Picks the transport for each leg from the configuration: the listener (TCP/Unix, or WebSocket
+ * with -w) and the outgoing connection (TCP/Unix, or ws:// / wss:// targets).
+ */
+import type { SocketAddress } from "../address.js";
+import type { Config } from "../config.js";
+import type { Logger } from "../log.js";
+import type { Link, Listener } from "./link.js";
+import { dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
+import { dialWebSocket, listenWebSocket } from "./ws.js";
+import { formatHostPort } from "../address.js";
+
+export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
+  if (cfg.wsListen) return listenWebSocket(cfg, log, onLink);
+  const server = await listenSocket(cfg.listen, (socket) => {
+    if (cfg.listen.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
+    onLink(new SocketLink(socket));
+  });
+  const a = server.address();
+  return {
+    address: typeof a === "string" || a === null ? cfg.listen.text : formatHostPort(a.address, a.port),
+    close: () => server.close(),
+  };
+}
+
+/** Connect to a plain or encrypted peer given by a socket address. */
+export async function dialSocketLink(addr: SocketAddress, cfg: Config): Promise<Link> {
+  const socket = await dialSocket(addr, { keepAlive: cfg.keepAlive, bindHost: cfg.bindHost }, cfg.timeoutMs);
+  socket.pause();
+  return new SocketLink(socket, addr.text);
+}
+
+/** The encrypted leg of an encrypt-mode (client) connection. */
+export function dialEncrypted(cfg: Config): Promise<Link> {
+  if (cfg.target.kind === "ws") return dialWebSocket(cfg.target, cfg);
+  return dialSocketLink(cfg.target, cfg);
+}

@@ -1,0 +1,163 @@
+/**
+ * TCP and Unix-domain sockets as Links, plus the dial/listen helpers the tunnel uses for them.
+ * Every socket gets TCP_NODELAY (records are sent whole, Nagle only adds latency) and TCP keepalive
+ * (a dead peer on an idle tunnel is noticed), and allowHalfOpen so a FIN in one direction never
+ * tears down the other.
+ */
+import { EventEmitter } from "node:events";
+import net from "node:net";
+import type { Address, SocketAddress } from "../address.js";
+import type { Link } from "./link.js";
+
+export interface SocketOptions {
+  keepAlive: boolean;
+  /** Local address to bind outgoing connections to (spiped's -b). */
+  bindHost?: string;
+}
+
+const KEEPALIVE_DELAY_MS = 60_000;
+
+export class SocketLink extends EventEmitter implements Link {
+  readonly messageFramed = false;
+  readonly peer: string;
+  private closed = false;
+
+  constructor(
+    readonly socket: net.Socket,
+    peer?: string,
+  ) {
+    super();
+    this.peer = peer ?? describePeer(socket);
+    socket.on("data", (chunk: Buffer) => this.emit("data", chunk));
+    socket.on("drain", () => this.emit("drain"));
+    socket.on("end", () => this.emit("end"));
+    socket.on("error", (err) => this.finish(err));
+    socket.on("close", () => this.finish());
+  }
+
+  private finish(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.emit("close", err);
+  }
+
+  get pendingBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  send(chunks: Buffer[]): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) return false;
+    if (chunks.length === 1) return this.socket.write(chunks[0]);
+    this.socket.cork();
+    let ok = true;
+    for (const c of chunks) ok = this.socket.write(c);
+    this.socket.uncork();
+    return ok;
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+  resume(): void {
+    this.socket.resume();
+  }
+  endWrite(): void {
+    if (!this.socket.destroyed) this.socket.end();
+  }
+  reset(): void {
+    if (this.socket.destroyed) return;
+    // resetAndDestroy needs a connected TCP handle; anything else (Unix socket, connecting) is destroyed.
+    if (this.socket.remoteAddress && typeof this.socket.resetAndDestroy === "function") this.socket.resetAndDestroy();
+    else this.socket.destroy();
+  }
+}
+
+export function describePeer(socket: net.Socket): string {
+  const a = socket.remoteAddress;
+  if (!a) return "local socket";
+  return a.includes(":") ? `[${a}]:${socket.remotePort}` : `${a}:${socket.remotePort}`;
+}
+
+export function tuneSocket(socket: net.Socket, opts: SocketOptions): void {
+  socket.setNoDelay(true);
+  if (opts.keepAlive) socket.setKeepAlive(true, KEEPALIVE_DELAY_MS);
+}
+
+/** Connect to a TCP or Unix address. Resolves once connected; rejects with a message naming the address. */
+export function dialSocket(addr: SocketAddress, opts: SocketOptions, timeoutMs: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket =
+      addr.kind === "unix"
+        ? net.connect({ path: addr.path, allowHalfOpen: true })
+        : net.connect({
+            host: addr.host,
+            port: addr.port,
+            allowHalfOpen: true,
+            localAddress: opts.bindHost,
+            noDelay: true,
+            keepAlive: opts.keepAlive,
+            keepAliveInitialDelay: KEEPALIVE_DELAY_MS,
+          });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`timeout after ${timeoutMs / 1000} s connecting to ${addr.text}`));
+    }, timeoutMs);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.removeAllListeners("error");
+      if (addr.kind !== "unix") tuneSocket(socket, opts);
+      resolve(socket);
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      reject(new Error(connectErrorText(addr.text, err)));
+    });
+  });
+}
+
+export function connectErrorText(what: string, err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case "ECONNREFUSED":
+      return `${what} refused the connection`;
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `cannot resolve ${what} (${err.code})`;
+    case "ENOENT":
+      return `${what}: no such socket`;
+    case "EHOSTUNREACH":
+    case "ENETUNREACH":
+      return `${what} is unreachable (${err.code})`;
+    case "ETIMEDOUT":
+      return `timeout connecting to ${what}`;
+    default:
+      return `cannot connect to ${what}: ${err.message}`;
+  }
+}
+
+/** Listen on a TCP or Unix address; resolves with the server once bound. */
+export function listenSocket(
+  addr: Address,
+  onConnection: (socket: net.Socket) => void,
+): Promise<net.Server> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      const why =
+        err.code === "EADDRINUSE"
+          ? "address already in use"
+          : err.code === "EACCES"
+            ? "permission denied"
+            : err.code === "EADDRNOTAVAIL"
+              ? "address not available on this machine"
+              : err.message;
+      reject(new Error(`cannot listen on ${addr.text}: ${why}`));
+    });
+    const onListening = () => {
+      server.removeAllListeners("error");
+      resolve(server);
+    };
+    if (addr.kind === "unix") server.listen(addr.path, onListening);
+    else if (addr.kind === "tcp") server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
+    else reject(new Error(`cannot listen on ${addr.text}: a listener takes host:port or /unix/path`));
+  });
+}

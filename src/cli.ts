@@ -138,18 +138,23 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
   options: T,
   positionals = false,
 ) {
-  const parseStrict = () => parseArgs({ args: argv, options, allowPositionals: positionals, strict: true, tokens: true });
+  const parseStrict = () =>
+    parseArgs({ args: argv, options, allowPositionals: positionals, strict: true, tokens: true });
   let parsed: ReturnType<typeof parseStrict>;
   try {
     parsed = parseStrict();
   } catch (err) {
     const e = err as Error & { code?: string };
     const opt = /'([^']+)'/.exec(e.message)?.[1];
-    if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") throw new UsageError(`unknown option ${opt ?? e.message}`);
+    if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")
+      throw new UsageError(`unknown option ${opt ?? e.message}`);
     if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
-      throw new UsageError(`option ${opt?.replace(/ <value>$/, "") ?? ""} ${/argument missing/.test(e.message) ? "needs a value" : "takes no value"}`);
+      throw new UsageError(
+        `option ${opt?.replace(/ <value>$/, "") ?? ""} ${/argument missing/.test(e.message) ? "needs a value" : "takes no value"}`,
+      );
     }
-    if (e.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL") throw new UsageError(`unexpected argument ${opt ?? ""}`);
+    if (e.code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL")
+      throw new UsageError(`unexpected argument ${opt ?? ""}`);
     throw new UsageError(e.message);
   }
   const seen = new Set<string>();
@@ -162,10 +167,17 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
   return parsed;
 }
 
-function number(value: string | undefined, flag: string, def: number, check: (n: number) => boolean, what: string): number {
+function number(
+  value: string | undefined,
+  flag: string,
+  def: number,
+  check: (n: number) => boolean,
+  what: string,
+): number {
   if (value === undefined) return def;
   const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n) || !check(n)) throw new UsageError(`${flag} ${value}: expected ${what}`);
+  if (value.trim() === "" || !Number.isFinite(n) || !check(n))
+    throw new UsageError(`${flag} ${value}: expected ${what}`);
   return n;
 }
 
@@ -181,18 +193,25 @@ function address(value: string, flag: string, allowUrl: boolean, allowPortZero: 
 /** Flags -> Config (the key file is read separately, after every flag checked out). */
 export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: string; pidfile?: string } {
   const { values: v } = parse(argv, RUN_OPTIONS);
-  if (v.encrypt && v.decrypt) throw new UsageError("-e/--encrypt and -d/--decrypt contradict each other: give one");
+  if (v.encrypt && v.decrypt)
+    throw new UsageError("-e/--encrypt and -d/--decrypt contradict each other: give one");
   if (!v.encrypt && !v.decrypt) {
     throw new UsageError("missing -e/--encrypt (client end) or -d/--decrypt (server end)");
   }
   const mode: Mode = v.encrypt ? "encrypt" : "decrypt";
 
   const listens = (["listen", "listener", "source"] as const).filter((k) => v[k] !== undefined);
-  if (listens.length > 1) throw new UsageError(`${listens.map(flagName).join(" and ")} both give the listen address: give one`);
+  if (listens.length > 1)
+    throw new UsageError(`${listens.map(flagName).join(" and ")} both give the listen address: give one`);
   const listenText = listens.length ? (v[listens[0]] as string) : undefined;
-  if (listenText === undefined) throw new UsageError("missing -l/--listen ADDR: where to accept connections, e.g. -l 127.0.0.1:3000");
-  if (v.target === undefined) throw new UsageError("missing -t/--target ADDR: where to connect, e.g. -t 127.0.0.1:22");
-  if (v.key === undefined) throw new UsageError("missing -k/--key FILE: the shared key file (create one with: monopiped keygen key.bin)");
+  if (listenText === undefined)
+    throw new UsageError("missing -l/--listen ADDR: where to accept connections, e.g. -l 127.0.0.1:3000");
+  if (v.target === undefined)
+    throw new UsageError("missing -t/--target ADDR: where to connect, e.g. -t 127.0.0.1:22");
+  if (v.key === undefined)
+    throw new UsageError(
+      "missing -k/--key FILE: the shared key file (create one with: monopiped keygen key.bin)",
+    );
 
   const listen = address(listenText, flagName(listens[0]), false, true) as SocketAddress;
   const target = address(v.target, "-t/--target", true, false);
@@ -202,36 +221,48 @@ export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: 
     );
   }
   if (mode === "encrypt" && v.ws) {
-    throw new UsageError("-w/--ws applies to -d (it makes the listener accept WebSockets); for a WebSocket client give -t ws://... or wss://...");
+    throw new UsageError(
+      "-w/--ws applies to -d (it makes the listener accept WebSockets); for a WebSocket client give -t ws://... or wss://...",
+    );
   }
 
   const protocolText = v.protocol ?? (mode === "decrypt" ? "auto" : "monopiped2");
   const protocol = PROTOCOL_ALIASES[protocolText.toLowerCase()];
-  if (!protocol) throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1) or auto`);
-  if (protocol === "auto" && mode === "encrypt") throw new UsageError("--protocol auto: only a -d server can detect the protocol; a client picks one");
+  if (!protocol)
+    throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1) or auto`);
+  if (protocol === "auto" && mode === "encrypt")
+    throw new UsageError("--protocol auto: only a -d server can detect the protocol; a client picks one");
 
-  const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter((k) => v[k] !== undefined);
+  const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter(
+    (k) => v[k] !== undefined,
+  );
   if (wsClientFlags.length && target.kind !== "ws") {
     throw new UsageError(`${flagName(wsClientFlags[0])} applies to a ws:// or wss:// target only`);
   }
   const wsServerFlags = (["path", "trust-proxy"] as const).filter((k) => v[k] !== undefined);
-  if (wsServerFlags.length && !v.ws) throw new UsageError(`${flagName(wsServerFlags[0])} applies to a -d -w WebSocket server only`);
-  if (v.path !== undefined && !v.path.startsWith("/")) throw new UsageError(`--path ${v.path}: must start with /`);
+  if (wsServerFlags.length && !v.ws)
+    throw new UsageError(`${flagName(wsServerFlags[0])} applies to a -d -w WebSocket server only`);
+  if (v.path !== undefined && !v.path.startsWith("/"))
+    throw new UsageError(`--path ${v.path}: must start with /`);
   const headers: Record<string, string> = {};
   for (const h of v.header ?? []) {
     const m = /^([A-Za-z0-9!#$%&'*+.^_`|~-]+):\s*(.*)$/.exec(h);
     if (!m) throw new UsageError(`-H/--header ${JSON.stringify(h)}: expected 'Name: value'`);
     headers[m[1]] = m[2];
   }
-  if (v.proxy !== undefined && !/^https?:\/\//i.test(v.proxy)) throw new UsageError(`--proxy ${v.proxy}: expected http://[user:pass@]host:port`);
+  if (v.proxy !== undefined && !/^https?:\/\//i.test(v.proxy))
+    throw new UsageError(`--proxy ${v.proxy}: expected http://[user:pass@]host:port`);
 
   const logLevel = (v["log-level"] ?? "info") as LogLevel;
-  if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
+  if (!LOG_LEVELS.includes(logLevel))
+    throw new UsageError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
   const logFormat = (v["log-format"] ?? "text") as LogFormat;
-  if (logFormat !== "text" && logFormat !== "json") throw new UsageError(`--log-format ${logFormat}: expected text or json`);
+  if (logFormat !== "text" && logFormat !== "json")
+    throw new UsageError(`--log-format ${logFormat}: expected text or json`);
 
   // spiped: -o 0 means "use the default".
-  const timeout = number(v.timeout, "-o/--timeout", 5, (n) => n >= 0 && n <= 86400, "seconds, a number > 0") || 5;
+  const timeout =
+    number(v.timeout, "-o/--timeout", 5, (n) => n >= 0 && n <= 86400, "seconds, a number > 0") || 5;
 
   return {
     mode,
@@ -240,15 +271,29 @@ export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: 
     wsListen: Boolean(v.ws),
     protocol,
     keyPath: v.key,
-    maxConns: number(v["max-conns"], "-n/--max-conns", 100, (n) => Number.isInteger(n) && n >= 0, "a whole number >= 0 (0 = no limit)"),
+    maxConns: number(
+      v["max-conns"],
+      "-n/--max-conns",
+      100,
+      (n) => Number.isInteger(n) && n >= 0,
+      "a whole number >= 0 (0 = no limit)",
+    ),
     timeoutMs: timeout * 1000,
     graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
     keepAlive: !v["no-keepalive"],
     bindHost: v.bind,
     pidfile: v.pidfile,
-    pingIntervalMs: number(v["ping-interval"], "--ping-interval", 30, (n) => n >= 0, "seconds >= 0 (0 = no pings)") * 1000,
+    pingIntervalMs:
+      number(v["ping-interval"], "--ping-interval", 30, (n) => n >= 0, "seconds >= 0 (0 = no pings)") * 1000,
     wsServer: { path: v.path, trustProxy: Boolean(v["trust-proxy"]) },
-    wsClient: { caFile: v.ca, insecure: Boolean(v.insecure), sni: v.sni, hostHeader: v.host, headers, proxy: v.proxy },
+    wsClient: {
+      caFile: v.ca,
+      insecure: Boolean(v.insecure),
+      sni: v.sni,
+      hostHeader: v.host,
+      headers,
+      proxy: v.proxy,
+    },
     logLevel,
     logFormat,
   };
@@ -317,12 +362,19 @@ async function run(argv: string[]): Promise<number> {
 }
 
 function keygen(argv: string[]): number {
-  const { values, positionals } = parse(argv, { force: { type: "boolean", short: "f" }, help: { type: "boolean", short: "h" } }, true);
+  const { values, positionals } = parse(
+    argv,
+    { force: { type: "boolean", short: "f" }, help: { type: "boolean", short: "h" } },
+    true,
+  );
   if (values.help) {
-    process.stdout.write("Usage: monopiped keygen FILE [--force]\nWrites 32 random bytes to FILE with mode 0600. --force replaces an existing file.\n");
+    process.stdout.write(
+      "Usage: monopiped keygen FILE [--force]\nWrites 32 random bytes to FILE with mode 0600. --force replaces an existing file.\n",
+    );
     return 0;
   }
-  if (positionals.length !== 1) throw new UsageError("keygen needs exactly one FILE, e.g. monopiped keygen key.bin");
+  if (positionals.length !== 1)
+    throw new UsageError("keygen needs exactly one FILE, e.g. monopiped keygen key.bin");
   try {
     writeKeyFile(positionals[0], Boolean(values.force));
   } catch (err) {
@@ -332,7 +384,9 @@ function keygen(argv: string[]): number {
     }
     throw err;
   }
-  process.stderr.write(`wrote a new 32-byte key to ${positionals[0]} (mode 0600); copy it to the other end over a secure channel\n`);
+  process.stderr.write(
+    `wrote a new 32-byte key to ${positionals[0]} (mode 0600); copy it to the other end over a secure channel\n`,
+  );
   return 0;
 }
 

@@ -10,8 +10,8 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { writeKeyFile } from "./keyfile.js";
 import { type RunningEnd, startEnd } from "./harness.js";
+import { writeKeyFile } from "./keyfile.js";
 
 function echoServer(): Promise<net.Server> {
   return new Promise((resolve) => {
@@ -24,7 +24,10 @@ function echoServer(): Promise<net.Server> {
 }
 
 /** Send `total` random bytes to host:port, read everything back; returns both digests and the time. */
-export function echoTransfer(port: number, total: number): Promise<{ sentHash: string; receivedHash: string; bytes: number; seconds: number }> {
+export function echoTransfer(
+  port: number,
+  total: number,
+): Promise<{ sentHash: string; receivedHash: string; bytes: number; seconds: number }> {
   return new Promise((resolve, reject) => {
     const sent = createHash("sha256");
     const received = createHash("sha256");
@@ -55,7 +58,12 @@ export function echoTransfer(port: number, total: number): Promise<{ sentHash: s
     });
     sock.on("end", () => {
       const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-      resolve({ sentHash: sent.digest("hex"), receivedHash: received.digest("hex"), bytes: receivedBytes, seconds });
+      resolve({
+        sentHash: sent.digest("hex"),
+        receivedHash: received.digest("hex"),
+        bytes: receivedBytes,
+        seconds,
+      });
       sock.destroy();
     });
     sock.on("error", reject);
@@ -63,7 +71,10 @@ export function echoTransfer(port: number, total: number): Promise<{ sentHash: s
 }
 
 export async function demo(argv: string[]): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { mib: { type: "string" }, protocol: { type: "string" } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { mib: { type: "string" }, protocol: { type: "string" } },
+  });
   const mib = Number(values.mib ?? 256);
   if (!Number.isFinite(mib) || mib <= 0) {
     process.stderr.write(`monopiped demo: --mib ${values.mib}: expected a positive number\n`);
@@ -91,7 +102,9 @@ export async function demo(argv: string[]): Promise<number> {
     const mbit = ((r.bytes * 8) / r.seconds / 1e6).toFixed(0);
     console.log(`sha256 sent     ${r.sentHash}`);
     console.log(`sha256 received ${r.receivedHash}`);
-    console.log(`${ok ? "OK: verified" : "FAILED: mismatch"}, ${r.bytes} bytes each way in ${r.seconds.toFixed(2)} s (${mbit} Mbit/s each way)`);
+    console.log(
+      `${ok ? "OK: verified" : "FAILED: mismatch"}, ${r.bytes} bytes each way in ${r.seconds.toFixed(2)} s (${mbit} Mbit/s each way)`,
+    );
     return ok ? 0 : 1;
   } finally {
     await Promise.all(ends.map((e) => e.stop()));

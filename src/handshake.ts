@@ -15,7 +15,12 @@ export interface Established {
   rest: Buffer;
 }
 
-export function runHandshake(link: Link, hs: Handshake, timeoutMs: number, peerName: string): Promise<Established> {
+export function runHandshake(
+  link: Link,
+  hs: Handshake,
+  timeoutMs: number,
+  peerName: string,
+): Promise<Established> {
   return new Promise((resolve, reject) => {
     let done = false;
     const cleanup = () => {
@@ -35,7 +40,10 @@ export function runHandshake(link: Link, hs: Handshake, timeoutMs: number, peerN
       try {
         const out = hs.receive(chunk);
         if (link.messageFramed && !hs.session && hs.buffered !== 0) {
-          throw new ProtocolError("bad-framing", "a WebSocket message did not hold one whole handshake message");
+          throw new ProtocolError(
+            "bad-framing",
+            "a WebSocket message did not hold one whole handshake message",
+          );
         }
         if (out.length > 0) link.send(out);
       } catch (err) {
@@ -52,9 +60,15 @@ export function runHandshake(link: Link, hs: Handshake, timeoutMs: number, peerN
       }
     };
     const onEnd = () =>
-      failWith(`handshake failed: ${peerName} closed the connection during the handshake (wrong key, or not a monopiped peer)`);
-    const onClose = (err?: Error) =>
-      failWith(`handshake failed: connection to ${peerName} ${err ? `failed: ${err.message}` : "closed"}`);
+      failWith(
+        `handshake failed: ${peerName} closed the connection during the handshake (wrong key, or not a monopiped peer)`,
+      );
+    const onClose = (err?: Error & { code?: string }) =>
+      failWith(
+        err?.code === "ECONNRESET"
+          ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or not a monopiped peer)`
+          : `handshake failed: connection to ${peerName} ${err ? `failed: ${err.message}` : "closed"}`,
+      );
     const timer = setTimeout(() => failWith(`handshake timeout after ${timeoutMs / 1000} s`), timeoutMs);
 
     link.on("data", onData);

@@ -28,7 +28,10 @@ export interface RunningEnd {
 }
 
 /** Spawn `monopiped ARGS` (the listen address should use port 0) and wait until it listens. */
-export function startEnd(args: string[], opts: { nodePath?: string; env?: NodeJS.ProcessEnv } = {}): Promise<RunningEnd> {
+export function startEnd(
+  args: string[],
+  opts: { nodePath?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunningEnd> {
   const child = spawn(opts.nodePath ?? process.execPath, [CLI_PATH, ...args, "--log-format", "json"], {
     stdio: ["ignore", "inherit", "pipe"],
     env: opts.env ?? process.env,
@@ -66,7 +69,11 @@ export function startEnd(args: string[], opts: { nodePath?: string; env?: NodeJS
       if (found) return resolve(found);
       const timer = setTimeout(() => {
         waiters.splice(waiters.indexOf(entry), 1);
-        reject(new Error(`log line not seen within ${timeoutMs} ms; logs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}${stderrText}`));
+        reject(
+          new Error(
+            `log line not seen within ${timeoutMs} ms; logs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}${stderrText}`,
+          ),
+        );
       }, timeoutMs);
       const entry = {
         pred,
@@ -87,7 +94,11 @@ export function startEnd(args: string[], opts: { nodePath?: string; env?: NodeJS
   };
   return new Promise((resolve, reject) => {
     const onExit = (code: number | null) =>
-      reject(new Error(`monopiped ${args.join(" ")} exited with ${code} before listening:\n${stderrText}${logs.map((l) => l.msg).join("\n")}`));
+      reject(
+        new Error(
+          `monopiped ${args.join(" ")} exited with ${code} before listening:\n${stderrText}${logs.map((l) => l.msg).join("\n")}`,
+        ),
+      );
     child.once("exit", onExit);
     waitForLog((l) => typeof l.listen === "string" && l.msg.startsWith("listening on"), 15_000).then(
       (l) => {

@@ -143,11 +143,17 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
 
     enc.on("close", (err?: Error) => {
       if (settled) return;
-      fail(`encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`, null);
+      fail(
+        `encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`,
+        null,
+      );
     });
     plain.on("close", (err?: Error) => {
       if (settled) return;
-      fail(`application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`, "the application reset its connection");
+      fail(
+        `application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`,
+        "the application reset its connection",
+      );
     });
 
     if (opts.rest && opts.rest.length > 0) {

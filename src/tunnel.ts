@@ -68,7 +68,10 @@ export class Tunnel {
     this.listener?.close();
     for (const link of this.waiting.splice(0)) link.reset();
     if (this.active.size > 0) {
-      this.log.info({ open: this.active.size, graceSeconds: graceMs / 1000 }, "stopping: waiting for open connections to finish");
+      this.log.info(
+        { open: this.active.size, graceSeconds: graceMs / 1000 },
+        "stopping: waiting for open connections to finish",
+      );
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, graceMs);
         timer.unref();
@@ -97,7 +100,10 @@ export class Tunnel {
         return;
       }
       if (!this.limitWarned) {
-        this.log.warn({ limit }, `connection limit (${limit}) reached: new connections wait until one closes (-n)`);
+        this.log.warn(
+          { limit },
+          `connection limit (${limit}) reached: new connections wait until one closes (-n)`,
+        );
         this.limitWarned = true;
       }
       this.waiting.push(link);
@@ -157,9 +163,18 @@ export class Tunnel {
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
       plain?.reset();
-      if (plain !== accepted) accepted.reset();
-      if (enc && !session) enc.reset();
-      log.warn({ peer, protocol: session?.protocol, durationMs: Date.now() - started, reason }, `connection failed: ${reason}`);
+      if (this.cfg.mode === "decrypt" && !session) {
+        // A peer that failed the handshake gets a plain close: no reset, no hint, nothing more.
+        accepted.endWrite();
+        this.linger(accepted);
+      } else {
+        accepted.reset();
+        if (enc && !session) enc.reset();
+      }
+      log.warn(
+        { peer, protocol: session?.protocol, durationMs: Date.now() - started, reason },
+        `connection failed: ${reason}`,
+      );
       return;
     }
     this.linger(plain, enc);

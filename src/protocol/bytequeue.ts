@@ -1,11 +1,13 @@
 /**
  * A FIFO of received bytes that hands out exact-length slices without copying when a slice lies
  * inside one received chunk (the common case for large TCP reads), so openers never re-concatenate
- * their whole input per record.
+ * their whole input per record. Consumed chunks are dropped by index, not Array.shift, so a peer
+ * sending a record as many tiny segments costs linear, not quadratic, time.
  */
 export class ByteQueue {
   private chunks: Buffer[] = [];
-  private head = 0; // offset into chunks[0]
+  private first = 0; // index of the oldest chunk still holding bytes
+  private head = 0; // offset into chunks[first]
   private total = 0;
 
   get length(): number {
@@ -22,27 +24,19 @@ export class ByteQueue {
   take(n: number): Buffer {
     if (n > this.total) throw new RangeError("ByteQueue.take past the end");
     this.total -= n;
-    const first = this.chunks[0];
-    if (first && first.length - this.head >= n) {
-      const out = first.subarray(this.head, this.head + n);
-      this.head += n;
-      if (this.head === first.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
+    const chunk = this.chunks[this.first];
+    if (chunk && chunk.length - this.head >= n) {
+      const out = chunk.subarray(this.head, this.head + n);
+      this.advance(n);
       return out;
     }
     const out = Buffer.allocUnsafe(n);
     let filled = 0;
     while (filled < n) {
-      const chunk = this.chunks[0];
-      const copied = chunk.copy(out, filled, this.head, Math.min(chunk.length, this.head + n - filled));
+      const c = this.chunks[this.first];
+      const copied = c.copy(out, filled, this.head, Math.min(c.length, this.head + n - filled));
       filled += copied;
-      this.head += copied;
-      if (this.head === chunk.length) {
-        this.chunks.shift();
-        this.head = 0;
-      }
+      this.advance(copied);
     }
     return out;
   }
@@ -50,5 +44,19 @@ export class ByteQueue {
   /** Removes and returns everything held. */
   takeAll(): Buffer {
     return this.take(this.total);
+  }
+
+  private advance(n: number): void {
+    this.head += n;
+    if (this.head < this.chunks[this.first].length) return;
+    this.first++;
+    this.head = 0;
+    if (this.first === this.chunks.length) {
+      this.chunks = [];
+      this.first = 0;
+    } else if (this.first >= 1024) {
+      this.chunks = this.chunks.slice(this.first);
+      this.first = 0;
+    }
   }
 }

@@ -49,7 +49,10 @@ class AutoServerHandshake implements Handshake {
       return out;
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
-      throw new ProtocolError("bad-handshake", "first message did not authenticate: wrong key or not a monopiped peer");
+      throw new ProtocolError(
+        "bad-handshake",
+        "first message did not authenticate: wrong key or not a monopiped peer",
+      );
     }
   }
 

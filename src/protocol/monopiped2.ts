@@ -72,7 +72,13 @@ export class Monopiped2Sealer implements RecordSealer {
   }
 
   abort(reason: string): Buffer[] {
-    const text = Buffer.from(reason, "utf8").subarray(0, MAX_ABORT_REASON);
+    let text = Buffer.from(reason, "utf8");
+    // Cut to the limit without splitting a UTF-8 character (continuation bytes are 10xxxxxx).
+    if (text.length > MAX_ABORT_REASON) {
+      let cut = MAX_ABORT_REASON;
+      while (cut > 0 && (text[cut] & 0xc0) === 0x80) cut--;
+      text = text.subarray(0, cut);
+    }
     return [this.record(RecordType.ABORT, text)];
   }
 }
@@ -195,7 +201,11 @@ class Monopiped2Handshake implements Handshake {
       this.finish();
     }
     if (this.state === "msg3" && this.queue.length >= HEADER_LEN) {
-      const header = (this.receiveCipher as CipherState).decryptWithAd(EMPTY, this.queue.take(HEADER_LEN), "bad-handshake");
+      const header = (this.receiveCipher as CipherState).decryptWithAd(
+        EMPTY,
+        this.queue.take(HEADER_LEN),
+        "bad-handshake",
+      );
       if (header[0] !== RecordType.DATA || header.readUInt16BE(1) !== 0) {
         throw new ProtocolError("bad-handshake", "first client record is not the empty key confirmation");
       }

@@ -34,7 +34,11 @@ export interface KeyPair {
 }
 
 export function keyPairFromSecret(secret: Buffer): KeyPair {
-  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_X25519, secret]), format: "der", type: "pkcs8" });
+  const privateKey = createPrivateKey({
+    key: Buffer.concat([PKCS8_X25519, secret]),
+    format: "der",
+    type: "pkcs8",
+  });
   return { privateKey, publicKey: rawPublicKey(createPublicKey(privateKey)) };
 }
 
@@ -50,7 +54,11 @@ function rawPublicKey(key: KeyObject): Buffer {
 /** X25519; a low-order peer key (all-zero shared secret) is refused, as Noise allows. */
 export function dh(own: KeyPair, peerPublic: Buffer): Buffer {
   try {
-    const publicKey = createPublicKey({ key: Buffer.concat([SPKI_X25519, peerPublic]), format: "der", type: "spki" });
+    const publicKey = createPublicKey({
+      key: Buffer.concat([SPKI_X25519, peerPublic]),
+      format: "der",
+      type: "spki",
+    });
     return diffieHellman({ privateKey: own.privateKey, publicKey });
   } catch {
     // OpenSSL fails the derivation for an all-zero result, i.e. a small-order peer key.
@@ -125,7 +133,9 @@ export class CipherState {
   /** Encrypt `plain` with associated data `ad`; returns ciphertext || tag. Without a key, returns plain. */
   encryptWithAd(ad: Buffer, plain: Buffer): Buffer {
     if (!this.key) return plain;
-    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), { authTagLength: TAGLEN });
+    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
+      authTagLength: TAGLEN,
+    });
     if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: plain.length });
     const body = cipher.update(plain);
     cipher.final();
@@ -257,9 +267,12 @@ export class NoiseHandshake {
   }
 
   private expectTurn(writing: boolean): void {
-    if (this.step >= 2) throw new Error("handshake already finished");
+    if (this.step >= 2) throw new ProtocolError("bad-handshake", "handshake already finished");
     const initiatorTurn = this.step === 0;
-    if (writing !== (initiatorTurn === this.opts.initiator)) throw new Error("not this side's turn");
+    if (writing !== (initiatorTurn === this.opts.initiator)) {
+      // Reachable from peer input only if the caller skipped start(); report it as the peer's fault.
+      throw new ProtocolError("bad-handshake", "handshake message out of turn");
+    }
   }
 
   /** The `e` token: send our ephemeral key; in psk mode it also feeds the cipher key. */

@@ -67,7 +67,8 @@ export class SocketLink extends EventEmitter implements Link {
   reset(): void {
     if (this.socket.destroyed) return;
     // resetAndDestroy needs a connected TCP handle; anything else (Unix socket, connecting) is destroyed.
-    if (this.socket.remoteAddress && typeof this.socket.resetAndDestroy === "function") this.socket.resetAndDestroy();
+    if (this.socket.remoteAddress && typeof this.socket.resetAndDestroy === "function")
+      this.socket.resetAndDestroy();
     else this.socket.destroy();
   }
 }
@@ -135,10 +136,7 @@ export function connectErrorText(what: string, err: NodeJS.ErrnoException): stri
 }
 
 /** Listen on a TCP or Unix address; resolves with the server once bound. */
-export function listenSocket(
-  addr: Address,
-  onConnection: (socket: net.Socket) => void,
-): Promise<net.Server> {
+export function listenSocket(addr: Address, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
     server.once("error", (err: NodeJS.ErrnoException) => {
@@ -157,7 +155,8 @@ export function listenSocket(
       resolve(server);
     };
     if (addr.kind === "unix") server.listen(addr.path, onListening);
-    else if (addr.kind === "tcp") server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
+    else if (addr.kind === "tcp")
+      server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
     else reject(new Error(`cannot listen on ${addr.text}: a listener takes host:port or /unix/path`));
   });
 }

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { keyPairFromSecret, NoiseHandshake, type NoiseHash, type NoisePattern } from "../../src/protocol/noise.js";
+import {
+  keyPairFromSecret,
+  NoiseHandshake,
+  type NoiseHash,
+  type NoisePattern,
+} from "../../src/protocol/noise.js";
 import { readFixture } from "../helpers/fixtures.js";
 
 interface Vector {

@@ -48,12 +48,15 @@ export function parseAddress(text: string, opts: ParseOptions = {}): Address {
     if (colon < 0) throw new AddressError(`${t}: missing port (write host:port, [ipv6]:port or /unix/path)`);
     host = t.slice(0, colon);
     portText = t.slice(colon + 1);
-    if (host.includes(":")) throw new AddressError(`${t}: write an IPv6 address in brackets, e.g. [${host}]:${portText}`);
+    if (host.includes(":"))
+      throw new AddressError(`${t}: write an IPv6 address in brackets, e.g. [${host}]:${portText}`);
   }
-  if (host === "") throw new AddressError(`${t}: missing host (write host:port, e.g. 127.0.0.1:${portText || "8080"})`);
+  if (host === "")
+    throw new AddressError(`${t}: missing host (write host:port, e.g. 127.0.0.1:${portText || "8080"})`);
   if (!/^\d+$/.test(portText)) throw new AddressError(`${t}: port "${portText}" is not a number`);
   const port = Number(portText);
-  if (port > 65535 || (port === 0 && !opts.allowPortZero)) throw new AddressError(`${t}: port ${port} out of range 1-65535`);
+  if (port > 65535 || (port === 0 && !opts.allowPortZero))
+    throw new AddressError(`${t}: port ${port} out of range 1-65535`);
   if (bracketed && net.isIP(host) === 0) throw new AddressError(`${t}: [${host}] is not an IP address`);
   return { kind: "tcp", host, port, text: t };
 }

@@ -38,7 +38,8 @@ export function readKeyFile(path: string): KeyFile {
   } catch (err) {
     if (err instanceof KeyFileError) throw err;
     const e = err as NodeJS.ErrnoException;
-    if (e.code === "ENOENT") throw new KeyFileError(`key file ${path} does not exist (create one with: monopiped keygen ${path})`);
+    if (e.code === "ENOENT")
+      throw new KeyFileError(`key file ${path} does not exist (create one with: monopiped keygen ${path})`);
     if (e.code === "EACCES") throw new KeyFileError(`key file ${path} cannot be read: permission denied`);
     if (e.code === "EISDIR") throw new KeyFileError(`key file ${path} is a directory`);
     throw new KeyFileError(`key file ${path} cannot be read: ${e.message}`);
@@ -59,7 +60,8 @@ export function writeKeyFile(path: string, force: boolean): void {
     fd = openSync(path, force ? "w" : "wx", 0o600);
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    if (e.code === "EEXIST") throw new KeyFileError(`${path} already exists; not overwriting it (use --force to replace it)`);
+    if (e.code === "EEXIST")
+      throw new KeyFileError(`${path} already exists; not overwriting it (use --force to replace it)`);
     throw new KeyFileError(`cannot create ${path}: ${e.message}`);
   }
   try {

@@ -2,14 +2,21 @@
  * Logging: pino, to stderr (stdout stays free for `monopiped pipe`). JSON lines with
  * --log-format json; otherwise one human-readable line per event: "time LEVEL message key=value ...".
  */
-import { pino, type Logger } from "pino";
+import { type Logger, pino } from "pino";
 
 export type LogFormat = "text" | "json";
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export type { Logger };
 
-const LEVEL_NAMES: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
+const LEVEL_NAMES: Record<number, string> = {
+  10: "TRACE",
+  20: "DEBUG",
+  30: "INFO",
+  40: "WARN",
+  50: "ERROR",
+  60: "FATAL",
+};
 const OMIT = new Set(["level", "time", "msg", "pid", "hostname"]);
 
 function formatValue(v: unknown): string {

@@ -1,0 +1,138 @@
+/**
+ * The compatibility protocol end to end: our client speaking monopiped1 (the original Rust
+ * monopiped's wire format) to our server, which detects it by itself, next to monopiped2 clients.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { readFileSync, rmSync } from "node:fs";
+import type net from "node:net";
+import { after, before, describe, it } from "node:test";
+import { type RunningEnd, startEnd } from "../../src/harness.js";
+import { monopiped1Keys } from "../../src/protocol/monopiped1.js";
+import {
+  connect,
+  echoHandler,
+  echoRoundTrip,
+  keyFile,
+  listen,
+  pseudoRandom,
+  receiveAll,
+  sendAll,
+  type TestServer,
+  tempDir,
+} from "../helpers/net.js";
+import { readExactly, v1Client } from "../helpers/v1peer.js";
+
+const MiB = 1024 * 1024;
+const ends: RunningEnd[] = [];
+const servers: TestServer[] = [];
+let dir: string;
+let key: string;
+
+async function end(args: string[]): Promise<RunningEnd> {
+  const e = await startEnd(args);
+  ends.push(e);
+  return e;
+}
+async function server(handler: (s: net.Socket) => void): Promise<TestServer> {
+  const s = await listen(handler);
+  servers.push(s);
+  return s;
+}
+
+before(() => {
+  dir = tempDir();
+  key = keyFile(dir);
+});
+after(async () => {
+  await Promise.all(ends.map((e) => e.stop()));
+  await Promise.all(servers.map((s) => s.close()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe("monopiped1 over TCP", () => {
+  it("our monopiped1 client and our auto-detecting server carry 64 MiB each way, sha256-equal", async () => {
+    const size = 64 * MiB;
+    let atTarget: Promise<[Awaited<ReturnType<typeof receiveAll>>, string]> | undefined;
+    const target = await server((s) => {
+      atTarget = Promise.all([receiveAll(s), sendAll(s, pseudoRandom("v1-down", size))]);
+    });
+    const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const e = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "v1"]);
+    const app = await connect(e.port);
+    const [got, sentHash] = await Promise.all([receiveAll(app), sendAll(app, pseudoRandom("v1-up", size))]);
+    assert.ok(atTarget);
+    const [targetGot, targetSent] = await atTarget;
+    assert.equal(targetGot.bytes, size);
+    assert.equal(targetGot.hash, sentHash);
+    assert.equal(got.bytes, size);
+    assert.equal(got.hash, targetSent);
+    assert.equal(got.how, "end");
+    const closed = await d.waitForLog((l) => l.msg === "connection closed");
+    assert.equal(closed.protocol, "monopiped1");
+    assert.ok(d.logs.some((l) => /monopiped1.*docs\/SECURITY\.md/.test(l.msg) && l.level === 40), "warned about monopiped1");
+  });
+
+  it("one server process serves a monopiped2 and a monopiped1 client at the same time", async () => {
+    const target = await server(echoHandler);
+    const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const e2 = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key]);
+    const e1 = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "monopiped1"]);
+    const payloads = Array.from({ length: 8 }, () => randomBytes(2 * MiB));
+    const echoes = await Promise.all(payloads.map((p, i) => echoRoundTrip(i % 2 ? e1.port : e2.port, p)));
+    echoes.forEach((echo, i) => assert.ok(echo.equals(payloads[i]), `connection ${i}`));
+    const closed = d.logs.filter((l) => l.msg === "connection closed");
+    assert.equal(closed.filter((l) => l.protocol === "monopiped1").length, 4);
+    assert.equal(closed.filter((l) => l.protocol === "monopiped2").length, 4);
+    assert.equal(d.logs.filter((l) => /monopiped1.*SECURITY/.test(l.msg)).length, 1, "warned once per process");
+  });
+
+  describe("malformed monopiped1 input closes that connection with a clear log line; the server keeps serving", () => {
+    let target: TestServer;
+    let d: RunningEnd;
+    let good: RunningEnd;
+    before(async () => {
+      target = await server(echoHandler);
+      d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key, "-o", "2"]);
+      good = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "v1"]);
+    });
+    const keys = () => monopiped1Keys(readFileSync(key));
+
+    async function session(): Promise<{ sock: net.Socket; v1: ReturnType<ReturnType<typeof v1Client>["finish"]> }> {
+      const client = v1Client(keys());
+      const sock = await connect(d.port);
+      sock.write(client.hello);
+      const v1 = client.finish(await readExactly(sock, 48));
+      return { sock, v1 };
+    }
+    async function expectRefused(sock: net.Socket, logPattern: RegExp) {
+      const before = d.logs.length;
+      const r = await receiveAll(sock);
+      assert.equal(r.bytes, 0);
+      const line = await d.waitForLog((l) => d.logs.indexOf(l) >= before && logPattern.test(String(l.reason)));
+      assert.ok(line);
+      const data = randomBytes(50_000);
+      assert.ok((await echoRoundTrip(good.port, data)).equals(data), "the next good client is served");
+    }
+
+    it("a frame with a bad tag", async () => {
+      const { sock, v1 } = await session();
+      const frame = v1.frame(Buffer.from("hello"));
+      frame[100] ^= 1;
+      sock.write(frame);
+      await expectRefused(sock, /frame did not authenticate/);
+    });
+
+    it("a frame whose length field exceeds 1040", async () => {
+      const { sock, v1 } = await session();
+      sock.write(v1.frame(Buffer.from("x"), 1045));
+      await expectRefused(sock, /length 1045 exceeds 1040/);
+    });
+
+    it("a truncated handshake", async () => {
+      const sock = await connect(d.port);
+      sock.end(v1Client(keys()).hello.subarray(0, 30));
+      await expectRefused(sock, /closed the connection during the handshake/);
+    });
+  });
+});

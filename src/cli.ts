@@ -148,6 +148,10 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
     const opt = /'([^']+)'/.exec(e.message)?.[1];
     if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION")
       throw new UsageError(`unknown option ${opt ?? e.message}`);
+    if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && /ambiguous/.test(e.message)) {
+      const long = /--([a-z-]+)/.exec(e.message)?.[1];
+      throw new UsageError(`option ${opt?.replace(/ <value>$/, "") ?? ""} needs a value; for a value starting with "-" write --${long}=VALUE`);
+    }
     if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
       throw new UsageError(
         `option ${opt?.replace(/ <value>$/, "") ?? ""} ${/argument missing/.test(e.message) ? "needs a value" : "takes no value"}`,
@@ -332,6 +336,7 @@ async function run(argv: string[]): Promise<number> {
     return 1;
   }
   if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
+  tunnel.logListening();
 
   return new Promise<number>((resolve) => {
     let signals = 0;

@@ -46,8 +46,13 @@ export class Tunnel {
     return this.active.size;
   }
 
+  /** Bind the listener and start serving. */
   async start(): Promise<void> {
     this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link));
+  }
+
+  /** The start-up log line ("listening on ..."); a supervisor may take it as the ready signal. */
+  logListening(): void {
     this.log.info(
       {
         mode: this.cfg.mode,

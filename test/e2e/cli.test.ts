@@ -1,0 +1,171 @@
+/**
+ * The command line as a user meets it: usage errors, key files, keygen, help, version, and a
+ * graceful stop on SIGTERM. Every case runs the built CLI as a real process.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { CLI_PATH, startEnd } from "../../src/harness.js";
+import { connect, echoHandler, keyFile, listen, receiveAll, type TestServer, tempDir } from "../helpers/net.js";
+
+let dir: string;
+let key: string;
+before(() => {
+  dir = tempDir();
+  key = keyFile(dir);
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function cli(...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI_PATH, ...args], { encoding: "utf8", timeout: 20_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+describe("usage errors exit 2 and name the flag", () => {
+  const cases: [string, string[], RegExp][] = [
+    ["no -e/-d", ["-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k"], /-e\/--encrypt.*-d\/--decrypt/],
+    ["-e and -d", ["-e", "-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k"], /contradict/],
+    ["missing -l", ["-e", "-t", "127.0.0.1:2", "-k", "k"], /missing -l\/--listen/],
+    ["missing -t", ["-e", "-l", "127.0.0.1:1", "-k", "k"], /missing -t\/--target/],
+    ["missing -k", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2"], /missing -k\/--key/],
+    ["unknown option", ["-e", "--frobnicate"], /unknown option --frobnicate/],
+    ["bad port", ["-e", "-l", "127.0.0.1:99999", "-t", "127.0.0.1:2", "-k", "k"], /-l\/--listen: .*port 99999/],
+    ["no port", ["-e", "-l", "127.0.0.1:1", "-t", "example.com", "-k", "k"], /-t\/--target: .*missing port/],
+    ["bare IPv6", ["-e", "-l", "::1:80", "-t", "127.0.0.1:2", "-k", "k"], /brackets/],
+    ["-n not a number", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-n", "lots"], /-n\/--max-conns lots/],
+    ["-o negative", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--timeout=-3"], /-o\/--timeout -3: expected/],
+    ["-o dash value", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-o", "-3"], /option -o needs a value.*--timeout=VALUE/],
+    ["twice", ["-e", "-l", "127.0.0.1:1", "-l", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"], /-l given more than once/],
+    ["-l and -s", ["-e", "-l", "127.0.0.1:1", "-s", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"], /-l\/--listen and -s\/--source/],
+    ["-d with ws target", ["-d", "-l", "127.0.0.1:1", "-t", "ws://example.com/x", "-k", "k"], /ws:\/\/ or wss:\/\/ target needs -e/],
+    ["-e with -w", ["-e", "-w", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k"], /-w\/--ws applies to -d/],
+    ["bad protocol", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--protocol", "v9"], /--protocol v9/],
+    ["value missing", ["-e", "-l"], /-l.*needs a value/],
+  ];
+  for (const [name, args, pattern] of cases) {
+    it(name, () => {
+      const r = cli(...args);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, pattern);
+      assert.match(r.err, /--help/);
+    });
+  }
+});
+
+describe("key files", () => {
+  const run = (k: string) => cli("-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", k, "--log-level", "silent");
+  it("a missing key file exits 1 with its name", () => {
+    const r = run(join(dir, "nope.bin"));
+    assert.equal(r.code, 1);
+    assert.match(r.err, /key file .*nope\.bin does not exist/);
+  });
+  it("an empty key file exits 1", () => {
+    const p = join(dir, "empty.bin");
+    writeFileSync(p, "", { mode: 0o600 });
+    const r = run(p);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /empty\.bin is empty/);
+  });
+  it("a key file shorter than 32 bytes is refused", () => {
+    const p = join(dir, "short.bin");
+    writeFileSync(p, "secret", { mode: 0o600 });
+    const r = run(p);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /only 6 bytes; at least 32/);
+  });
+  it("a key file that cannot be read (a directory) exits 1", () => {
+    const r = run(dir);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /is a directory/);
+  });
+  it("a key file readable by others gets a warning", async () => {
+    const p = join(dir, "open.bin");
+    writeFileSync(p, Buffer.alloc(32, 1));
+    chmodSync(p, 0o644);
+    const e = await startEnd(["-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", p]);
+    try {
+      const w = await e.waitForLog((l) => /readable by others/.test(l.msg));
+      assert.equal(w.level, 40);
+      assert.match(w.msg, /chmod 600/);
+    } finally {
+      await e.stop();
+    }
+  });
+});
+
+describe("keygen", () => {
+  it("writes 32 random bytes with mode 0600 and refuses to overwrite without --force", () => {
+    const p = join(dir, "new.bin");
+    assert.equal(cli("keygen", p).code, 0);
+    const first = readFileSync(p);
+    assert.equal(first.length, 32);
+    assert.equal(statSync(p).mode & 0o777, 0o600);
+    const again = cli("keygen", p);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /already exists.*--force/);
+    assert.ok(readFileSync(p).equals(first), "left untouched");
+    chmodSync(p, 0o644);
+    assert.equal(cli("keygen", p, "--force").code, 0);
+    assert.ok(!readFileSync(p).equals(first), "replaced with --force");
+    assert.equal(statSync(p).mode & 0o777, 0o600);
+  });
+  it("needs a file name", () => {
+    const r = cli("keygen");
+    assert.equal(r.code, 2);
+    assert.match(r.err, /keygen needs exactly one FILE/);
+  });
+});
+
+describe("help and version", () => {
+  it("--help teaches the flags and shows the SSH example", () => {
+    const r = cli("--help");
+    assert.equal(r.code, 0);
+    for (const s of ["-e, --encrypt", "-d, --decrypt", "-l, --listen", "-t, --target", "-k, --key", "-n, --max-conns", "-o, --timeout", "keygen"]) {
+      assert.ok(r.out.includes(s), `help mentions ${s}`);
+    }
+    assert.match(r.out, /monopiped -l 127\.0\.0\.1:3000 -t server\.example\.com:2222 -e -k key\.bin/);
+    assert.match(r.out, /ssh -p3000 127\.0\.0\.1/);
+  });
+  it("--version and -v print the version", () => {
+    const { version } = JSON.parse(readFileSync(join(CLI_PATH, "../../../package.json"), "utf8"));
+    assert.equal(cli("--version").out.trim(), `monopiped ${version}`);
+    assert.equal(cli("-v").out.trim(), `monopiped ${version}`);
+  });
+});
+
+describe("signals", () => {
+  let target: TestServer;
+  before(async () => {
+    target = await listen(echoHandler);
+  });
+  after(() => target.close());
+
+  it("SIGTERM stops accepting, lets an open connection finish, and exits 0", async () => {
+    const pidfile = join(dir, "end.pid");
+    const d = await startEnd(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const e = await startEnd(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--grace", "20", "-p", pidfile]);
+    try {
+      assert.equal(readFileSync(pidfile, "utf8").trim(), String(e.child.pid));
+      const app = await connect(e.port);
+      app.write("before");
+      await new Promise((r) => app.once("data", r));
+      e.child.kill("SIGTERM");
+      await e.waitForLog((l) => /SIGTERM/.test(l.msg));
+      await e.waitForLog((l) => /waiting for open connections/.test(l.msg));
+      await assert.rejects(connect(e.port), /ECONNREFUSED/, "no longer accepting");
+      // The open connection still carries data both ways, then ends cleanly.
+      const rest = receiveAll(app);
+      app.end("after");
+      const r = await rest;
+      assert.equal(r.how, "end");
+      assert.equal(r.bytes, "after".length);
+      assert.equal(await e.exited, 0);
+      assert.equal(existsSync(pidfile), false, "pidfile removed");
+    } finally {
+      await e.stop();
+      await d.stop();
+    }
+  });
+});

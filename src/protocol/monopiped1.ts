@@ -9,29 +9,18 @@
  * session keys ignore the key file, EOF is unauthenticated). We add only the hardening that honest Rust
  * peers never notice (§10): a small-order peer key and a length field above 1040 are rejected.
  */
-import {
-  createCipheriv,
-  createDecipheriv,
-  createPrivateKey,
-  createPublicKey,
-  diffieHellman,
-  type KeyObject,
-  randomBytes,
-} from "node:crypto";
+import { createCipheriv, createDecipheriv, type KeyObject, randomBytes } from "node:crypto";
 import { hchacha } from "@noble/ciphers/chacha.js";
 import { blake2b } from "@noble/hashes/blake2.js";
 import { ProtocolError } from "./errors.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
+import { privateKeyFromSecret, publicKeyBytes, sharedSecret } from "./x25519.js";
 
 const HELLO_LEN = 48; // sealed 32-byte public key
 const TAG_LEN = 16;
 const MAX_DATA = 1040;
 const BLOCK_LEN = MAX_DATA + 4; // data ‖ zero padding ‖ n as u32 LE
 const FRAME_LEN = BLOCK_LEN + TAG_LEN; // 1060
-
-// Node imports raw X25519 keys only as DER; these are the fixed headers in front of the 32 key bytes.
-const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
-const SPKI_X25519 = Buffer.from("302a300506032b656e032100", "hex");
 
 export interface Monopiped1Keys {
   clientKey: Buffer;
@@ -61,36 +50,6 @@ function sessionKeys(shared: Buffer): { clientToServer: Buffer; serverToClient: 
     clientToServer: blake2b256(CLIENT_LABEL, sharedHash),
     serverToClient: blake2b256(SERVER_LABEL, sharedHash),
   };
-}
-
-function x25519PrivateKey(secret: Buffer): KeyObject {
-  const der = Buffer.concat([PKCS8_X25519, secret]);
-  try {
-    return createPrivateKey({ key: der, format: "der", type: "pkcs8" });
-  } finally {
-    der.fill(0);
-  }
-}
-
-function x25519PublicKey(privateKey: KeyObject): Buffer {
-  return createPublicKey(privateKey).export({ format: "der", type: "spki" }).subarray(SPKI_X25519.length);
-}
-
-/** X25519 with the peer's raw public key; null when the result is all zero (a small-order peer key). */
-function x25519(privateKey: KeyObject, peerPublic: Buffer): Buffer | null {
-  let shared: Buffer;
-  try {
-    const publicKey = createPublicKey({
-      key: Buffer.concat([SPKI_X25519, peerPublic]),
-      format: "der",
-      type: "spki",
-    });
-    shared = diffieHellman({ privateKey, publicKey });
-  } catch {
-    return null; // OpenSSL itself refuses an all-zero result
-  }
-  // Monocypher returns the zeros instead (§1); check in case the linked OpenSSL does too.
-  return shared.some((b) => b !== 0) ? shared : null;
 }
 
 // HChaCha20 takes its inputs as 32-bit words over the raw bytes (it byte-swaps on big-endian hosts).
@@ -243,12 +202,12 @@ class Monopiped1Handshake implements Handshake {
     ephemeralSecret?: Buffer,
   ) {
     const secret = ephemeralSecret ?? randomBytes(32);
-    this.privateKey = x25519PrivateKey(secret);
+    this.privateKey = privateKeyFromSecret(secret);
     if (!ephemeralSecret) secret.fill(0);
     const [ownKey, peerKey] =
       role === "client" ? [keys.clientKey, keys.serverKey] : [keys.serverKey, keys.clientKey];
     // Both hellos use nonce 0 and do not advance the data nonces (§4, §5).
-    new CounterAead(ownKey).sealInto(x25519PublicKey(this.privateKey), this.hello, 0);
+    new CounterAead(ownKey).sealInto(publicKeyBytes(this.privateKey), this.hello, 0);
     this.peerAead = new CounterAead(peerKey);
   }
 
@@ -291,7 +250,7 @@ class Monopiped1Handshake implements Handshake {
     if (peerPublic === null) {
       throw new ProtocolError("bad-handshake", "monopiped1 hello did not authenticate (wrong key file?)");
     }
-    const shared = x25519(this.privateKey, peerPublic);
+    const shared = sharedSecret(this.privateKey, peerPublic);
     if (shared === null)
       throw new ProtocolError("bad-handshake", "monopiped1 peer public key has small order");
     const { clientToServer, serverToClient } = sessionKeys(shared);
@@ -314,4 +273,11 @@ export function monopiped1Handshake(role: Role, keys: Monopiped1Keys, ephemeralS
 }
 
 /** Building blocks exposed for the test vectors; not part of the API. */
-export const _internal = { blake2b256, sessionKeys, x25519PrivateKey, x25519PublicKey, x25519, CounterAead };
+export const _internal = {
+  blake2b256,
+  sessionKeys,
+  x25519PrivateKey: privateKeyFromSecret,
+  x25519PublicKey: publicKeyBytes,
+  x25519: sharedSecret,
+  CounterAead,
+};

@@ -5,65 +5,21 @@
  *
  * Sans-IO: the handshake state turns payloads into messages and back; it never sees a socket.
  */
-import {
-  createCipheriv,
-  createDecipheriv,
-  createHash,
-  createHmac,
-  createPrivateKey,
-  createPublicKey,
-  diffieHellman,
-  generateKeyPairSync,
-  type KeyObject,
-} from "node:crypto";
+import { createCipheriv, createDecipheriv, createHash, createHmac } from "node:crypto";
 import { ProtocolError } from "./errors.js";
+import { generateKeyPair, type KeyPair, sharedSecret } from "./x25519.js";
+
+export { type KeyPair, keyPairFromSecret } from "./x25519.js";
 
 export const DHLEN = 32;
 export const TAGLEN = 16;
 export type NoiseHash = "BLAKE2b" | "SHA256";
 
-// ---------------------------------------------------------------------------------------------
-// X25519 with raw 32-byte keys. OpenSSL only takes DER/JWK key objects, so wrap raw bytes in the
-// fixed PKCS#8 / SPKI prefixes for the X25519 OID (1.3.101.110).
-const PKCS8_X25519 = Buffer.from("302e020100300506032b656e04220420", "hex");
-const SPKI_X25519 = Buffer.from("302a300506032b656e032100", "hex");
-
-export interface KeyPair {
-  privateKey: KeyObject;
-  publicKey: Buffer; // raw 32 bytes, as on the wire
-}
-
-export function keyPairFromSecret(secret: Buffer): KeyPair {
-  const privateKey = createPrivateKey({
-    key: Buffer.concat([PKCS8_X25519, secret]),
-    format: "der",
-    type: "pkcs8",
-  });
-  return { privateKey, publicKey: rawPublicKey(createPublicKey(privateKey)) };
-}
-
-export function generateKeyPair(): KeyPair {
-  const { privateKey, publicKey } = generateKeyPairSync("x25519");
-  return { privateKey, publicKey: rawPublicKey(publicKey) };
-}
-
-function rawPublicKey(key: KeyObject): Buffer {
-  return key.export({ type: "spki", format: "der" }).subarray(SPKI_X25519.length);
-}
-
 /** X25519; a low-order peer key (all-zero shared secret) is refused, as Noise allows. */
-export function dh(own: KeyPair, peerPublic: Buffer): Buffer {
-  try {
-    const publicKey = createPublicKey({
-      key: Buffer.concat([SPKI_X25519, peerPublic]),
-      format: "der",
-      type: "spki",
-    });
-    return diffieHellman({ privateKey: own.privateKey, publicKey });
-  } catch {
-    // OpenSSL fails the derivation for an all-zero result, i.e. a small-order peer key.
-    throw new ProtocolError("bad-handshake", "peer sent a degenerate X25519 key");
-  }
+function dh(own: KeyPair, peerPublic: Buffer): Buffer {
+  const shared = sharedSecret(own.privateKey, peerPublic);
+  if (!shared) throw new ProtocolError("bad-handshake", "peer sent a degenerate X25519 key");
+  return shared;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,10 +48,11 @@ export class Monopiped2Sealer implements RecordSealer {
   private record(type: number, payload: Buffer): Buffer {
     this.header[0] = type;
     this.header.writeUInt16BE(payload.length, 1);
-    const head = this.cipher.encryptWithAd(EMPTY, this.header);
-    if (payload.length === 0) return head;
-    const body = this.cipher.encryptWithAd(EMPTY, payload);
-    return Buffer.concat([head, body], head.length + body.length);
+    // One allocation per record; the payload is copied once, as ciphertext.
+    const out = Buffer.allocUnsafe(HEADER_LEN + (payload.length > 0 ? payload.length + TAGLEN : 0));
+    const at = this.cipher.encryptTo(this.header, out, 0);
+    if (payload.length > 0) this.cipher.encryptTo(payload, out, at);
+    return out;
   }
 
   seal(plain: Buffer): Buffer[] {

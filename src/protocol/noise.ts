@@ -99,6 +99,17 @@ export class CipherState {
     return Buffer.concat([body, cipher.getAuthTag()], plain.length + TAGLEN);
   }
 
+  /** Encrypt `plain` (empty associated data) into `out` at `offset` as ciphertext || tag; returns the end offset. */
+  encryptTo(plain: Buffer, out: Buffer, offset: number): number {
+    if (!this.key) throw new Error("CipherState has no key");
+    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), { authTagLength: TAGLEN });
+    const end = offset + (plain.length > 0 ? cipher.update(plain).copy(out, offset) : 0);
+    cipher.final();
+    cipher.getAuthTag().copy(out, end);
+    this.n++;
+    return end + TAGLEN;
+  }
+
   /** Decrypt ciphertext || tag; throws ProtocolError when it does not authenticate. */
   decryptWithAd(ad: Buffer, sealed: Buffer, code: "bad-handshake" | "bad-record" = "bad-record"): Buffer {
     if (!this.key) return sealed;

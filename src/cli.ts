@@ -72,7 +72,9 @@ Options:
 WebSocket options:
       --path /PATH           -d -w: serve only this path (others get 404)
       --trust-proxy          -d -w: log the client address from X-Forwarded-For / Forwarded
-      --ping-interval SECS   WebSocket ping interval; a missing pong closes the link (default 30)
+      --ping-interval SECS   -e: ping the WebSocket server every SECS (never with --protocol
+                             monopiped1); -d -w: ping clients that ping; a ping unanswered
+                             until the next one closes the link (default 30, 0 = off)
       --ca FILE              wss: trust this CA certificate (PEM) besides the system's
       --insecure             wss: do not verify the server certificate (testing only!)
       --sni NAME             wss: TLS server name to send
@@ -150,7 +152,9 @@ function parse<T extends Record<string, { type: "string" | "boolean"; short?: st
       throw new UsageError(`unknown option ${opt ?? e.message}`);
     if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE" && /ambiguous/.test(e.message)) {
       const long = /--([a-z-]+)/.exec(e.message)?.[1];
-      throw new UsageError(`option ${opt?.replace(/ <value>$/, "") ?? ""} needs a value; for a value starting with "-" write --${long}=VALUE`);
+      throw new UsageError(
+        `option ${opt?.replace(/ <value>$/, "") ?? ""} needs a value; for a value starting with "-" write --${long}=VALUE`,
+      );
     }
     if (e.code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
       throw new UsageError(

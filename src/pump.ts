@@ -95,7 +95,10 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     // tunnel -> application
     const deliver = (chunk: Buffer) => {
       if (enc.messageFramed && session.fixedRecordSize && chunk.length !== session.fixedRecordSize) {
-        throw new ProtocolError("bad-framing", `WebSocket message of ${chunk.length} bytes, expected ${session.fixedRecordSize}`);
+        throw new ProtocolError(
+          "bad-framing",
+          `WebSocket message of ${chunk.length} bytes, expected ${session.fixedRecordSize}`,
+        );
       }
       const events = opener.push(chunk);
       if (enc.messageFramed && opener.buffered !== 0) {

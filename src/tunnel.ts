@@ -16,6 +16,7 @@ import type { Session } from "./protocol/types.js";
 import { type PumpResult, pump } from "./pump.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
 import type { Link, Listener } from "./transport/link.js";
+import { wsClientWarnings } from "./transport/ws.js";
 
 /** How long a connection that ended cleanly may take to finish its closing handshake. */
 const LINGER_MS = 10_000;
@@ -48,6 +49,7 @@ export class Tunnel {
 
   /** Bind the listener and start serving. */
   async start(): Promise<void> {
+    for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
     this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link));
   }
 

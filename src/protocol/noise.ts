@@ -102,7 +102,9 @@ export class CipherState {
   /** Encrypt `plain` (empty associated data) into `out` at `offset` as ciphertext || tag; returns the end offset. */
   encryptTo(plain: Buffer, out: Buffer, offset: number): number {
     if (!this.key) throw new Error("CipherState has no key");
-    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), { authTagLength: TAGLEN });
+    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
+      authTagLength: TAGLEN,
+    });
     const end = offset + (plain.length > 0 ? cipher.update(plain).copy(out, offset) : 0);
     cipher.final();
     cipher.getAuthTag().copy(out, end);

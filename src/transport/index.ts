@@ -3,12 +3,12 @@
  * with -w) and the outgoing connection (TCP/Unix, or ws:// / wss:// targets).
  */
 import type { SocketAddress } from "../address.js";
+import { formatHostPort } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { Link, Listener } from "./link.js";
 import { dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
 import { dialWebSocket, listenWebSocket } from "./ws.js";
-import { formatHostPort } from "../address.js";
 
 export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
   if (cfg.wsListen) return listenWebSocket(cfg, log, onLink);

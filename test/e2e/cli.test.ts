@@ -8,7 +8,15 @@ import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { CLI_PATH, startEnd } from "../../src/harness.js";
-import { connect, echoHandler, keyFile, listen, receiveAll, type TestServer, tempDir } from "../helpers/net.js";
+import {
+  connect,
+  echoHandler,
+  keyFile,
+  listen,
+  receiveAll,
+  type TestServer,
+  tempDir,
+} from "../helpers/net.js";
 
 let dir: string;
 let key: string;
@@ -31,17 +39,53 @@ describe("usage errors exit 2 and name the flag", () => {
     ["missing -t", ["-e", "-l", "127.0.0.1:1", "-k", "k"], /missing -t\/--target/],
     ["missing -k", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2"], /missing -k\/--key/],
     ["unknown option", ["-e", "--frobnicate"], /unknown option --frobnicate/],
-    ["bad port", ["-e", "-l", "127.0.0.1:99999", "-t", "127.0.0.1:2", "-k", "k"], /-l\/--listen: .*port 99999/],
+    [
+      "bad port",
+      ["-e", "-l", "127.0.0.1:99999", "-t", "127.0.0.1:2", "-k", "k"],
+      /-l\/--listen: .*port 99999/,
+    ],
     ["no port", ["-e", "-l", "127.0.0.1:1", "-t", "example.com", "-k", "k"], /-t\/--target: .*missing port/],
     ["bare IPv6", ["-e", "-l", "::1:80", "-t", "127.0.0.1:2", "-k", "k"], /brackets/],
-    ["-n not a number", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-n", "lots"], /-n\/--max-conns lots/],
-    ["-o negative", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--timeout=-3"], /-o\/--timeout -3: expected/],
-    ["-o dash value", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-o", "-3"], /option -o needs a value.*--timeout=VALUE/],
-    ["twice", ["-e", "-l", "127.0.0.1:1", "-l", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"], /-l given more than once/],
-    ["-l and -s", ["-e", "-l", "127.0.0.1:1", "-s", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"], /-l\/--listen and -s\/--source/],
-    ["-d with ws target", ["-d", "-l", "127.0.0.1:1", "-t", "ws://example.com/x", "-k", "k"], /ws:\/\/ or wss:\/\/ target needs -e/],
-    ["-e with -w", ["-e", "-w", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k"], /-w\/--ws applies to -d/],
-    ["bad protocol", ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--protocol", "v9"], /--protocol v9/],
+    [
+      "-n not a number",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-n", "lots"],
+      /-n\/--max-conns lots/,
+    ],
+    [
+      "-o negative",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--timeout=-3"],
+      /-o\/--timeout -3: expected/,
+    ],
+    [
+      "-o dash value",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-o", "-3"],
+      /option -o needs a value.*--timeout=VALUE/,
+    ],
+    [
+      "twice",
+      ["-e", "-l", "127.0.0.1:1", "-l", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"],
+      /-l given more than once/,
+    ],
+    [
+      "-l and -s",
+      ["-e", "-l", "127.0.0.1:1", "-s", "127.0.0.1:3", "-t", "127.0.0.1:2", "-k", "k"],
+      /-l\/--listen and -s\/--source/,
+    ],
+    [
+      "-d with ws target",
+      ["-d", "-l", "127.0.0.1:1", "-t", "ws://example.com/x", "-k", "k"],
+      /ws:\/\/ or wss:\/\/ target needs -e/,
+    ],
+    [
+      "-e with -w",
+      ["-e", "-w", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k"],
+      /-w\/--ws applies to -d/,
+    ],
+    [
+      "bad protocol",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--protocol", "v9"],
+      /--protocol v9/,
+    ],
     ["value missing", ["-e", "-l"], /-l.*needs a value/],
   ];
   for (const [name, args, pattern] of cases) {
@@ -55,7 +99,8 @@ describe("usage errors exit 2 and name the flag", () => {
 });
 
 describe("key files", () => {
-  const run = (k: string) => cli("-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", k, "--log-level", "silent");
+  const run = (k: string) =>
+    cli("-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", k, "--log-level", "silent");
   it("a missing key file exits 1 with its name", () => {
     const r = run(join(dir, "nope.bin"));
     assert.equal(r.code, 1);
@@ -122,7 +167,16 @@ describe("help and version", () => {
   it("--help teaches the flags and shows the SSH example", () => {
     const r = cli("--help");
     assert.equal(r.code, 0);
-    for (const s of ["-e, --encrypt", "-d, --decrypt", "-l, --listen", "-t, --target", "-k, --key", "-n, --max-conns", "-o, --timeout", "keygen"]) {
+    for (const s of [
+      "-e, --encrypt",
+      "-d, --decrypt",
+      "-l, --listen",
+      "-t, --target",
+      "-k, --key",
+      "-n, --max-conns",
+      "-o, --timeout",
+      "keygen",
+    ]) {
       assert.ok(r.out.includes(s), `help mentions ${s}`);
     }
     assert.match(r.out, /monopiped -l 127\.0\.0\.1:3000 -t server\.example\.com:2222 -e -k key\.bin/);
@@ -145,7 +199,19 @@ describe("signals", () => {
   it("SIGTERM stops accepting, lets an open connection finish, and exits 0", async () => {
     const pidfile = join(dir, "end.pid");
     const d = await startEnd(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
-    const e = await startEnd(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--grace", "20", "-p", pidfile]);
+    const e = await startEnd([
+      "-e",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      d.address,
+      "-k",
+      key,
+      "--grace",
+      "20",
+      "-p",
+      pidfile,
+    ]);
     try {
       assert.equal(readFileSync(pidfile, "utf8").trim(), String(e.child.pid));
       const app = await connect(e.port);

@@ -70,7 +70,10 @@ describe("monopiped1 over TCP", () => {
     assert.equal(got.how, "end");
     const closed = await d.waitForLog((l) => l.msg === "connection closed");
     assert.equal(closed.protocol, "monopiped1");
-    assert.ok(d.logs.some((l) => /monopiped1.*docs\/SECURITY\.md/.test(l.msg) && l.level === 40), "warned about monopiped1");
+    assert.ok(
+      d.logs.some((l) => /monopiped1.*docs\/SECURITY\.md/.test(l.msg) && l.level === 40),
+      "warned about monopiped1",
+    );
   });
 
   it("one server process serves a monopiped2 and a monopiped1 client at the same time", async () => {
@@ -80,11 +83,15 @@ describe("monopiped1 over TCP", () => {
     const e1 = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "monopiped1"]);
     const payloads = Array.from({ length: 8 }, () => randomBytes(2 * MiB));
     const echoes = await Promise.all(payloads.map((p, i) => echoRoundTrip(i % 2 ? e1.port : e2.port, p)));
-    echoes.forEach((echo, i) => assert.ok(echo.equals(payloads[i]), `connection ${i}`));
+    for (const [i, echo] of echoes.entries()) assert.ok(echo.equals(payloads[i]), `connection ${i}`);
     const closed = d.logs.filter((l) => l.msg === "connection closed");
     assert.equal(closed.filter((l) => l.protocol === "monopiped1").length, 4);
     assert.equal(closed.filter((l) => l.protocol === "monopiped2").length, 4);
-    assert.equal(d.logs.filter((l) => /monopiped1.*SECURITY/.test(l.msg)).length, 1, "warned once per process");
+    assert.equal(
+      d.logs.filter((l) => /monopiped1.*SECURITY/.test(l.msg)).length,
+      1,
+      "warned once per process",
+    );
   });
 
   describe("malformed monopiped1 input closes that connection with a clear log line; the server keeps serving", () => {
@@ -98,7 +105,10 @@ describe("monopiped1 over TCP", () => {
     });
     const keys = () => monopiped1Keys(readFileSync(key));
 
-    async function session(): Promise<{ sock: net.Socket; v1: ReturnType<ReturnType<typeof v1Client>["finish"]> }> {
+    async function session(): Promise<{
+      sock: net.Socket;
+      v1: ReturnType<ReturnType<typeof v1Client>["finish"]>;
+    }> {
       const client = v1Client(keys());
       const sock = await connect(d.port);
       sock.write(client.hello);
@@ -109,7 +119,9 @@ describe("monopiped1 over TCP", () => {
       const before = d.logs.length;
       const r = await receiveAll(sock);
       assert.equal(r.bytes, 0);
-      const line = await d.waitForLog((l) => d.logs.indexOf(l) >= before && logPattern.test(String(l.reason)));
+      const line = await d.waitForLog(
+        (l) => d.logs.indexOf(l) >= before && logPattern.test(String(l.reason)),
+      );
       assert.ok(line);
       const data = randomBytes(50_000);
       assert.ok((await echoRoundTrip(good.port, data)).equals(data), "the next good client is served");

@@ -7,16 +7,19 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import type net from "node:net";
 import { after, before, describe, it } from "node:test";
+import WebSocket from "ws";
 import { type RunningEnd, startEnd } from "../../src/harness.js";
 import { monopiped1Keys } from "../../src/protocol/monopiped1.js";
 import {
   connect,
   echoHandler,
   echoRoundTrip,
+  echoWithoutHalfClose,
   keyFile,
   listen,
   pseudoRandom,
   receiveAll,
+  receiveExactly,
   sendAll,
   type TestServer,
   tempDir,
@@ -145,6 +148,129 @@ describe("monopiped1 over TCP", () => {
       const sock = await connect(d.port);
       sock.end(v1Client(keys()).hello.subarray(0, 30));
       await expectRefused(sock, /closed the connection during the handshake/);
+    });
+  });
+});
+
+describe("monopiped1 over WebSocket", () => {
+  it("our monopiped1 ws:// client and our auto-detecting -w server carry 64 MiB each way, sha256-equal", async () => {
+    // monopiped1 over WebSocket has no half-close (the original maps end of stream to a WebSocket
+    // close), so both ends send and receive everything before the client closes.
+    const size = 64 * MiB;
+    let atTarget: Promise<[string, string]> | undefined;
+    const target = await server((s) => {
+      atTarget = Promise.all([receiveExactly(s, size), sendAll(s, pseudoRandom("v1ws-down", size), false)]);
+      s.once("end", () => s.end()); // close once the client has closed
+    });
+    const d = await end(["-d", "-w", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const e = await end([
+      "-e",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `ws://${d.address}/tunnel`,
+      "-k",
+      key,
+      "--protocol",
+      "v1",
+    ]);
+    const app = await connect(e.port);
+    const [got, sentHash] = await Promise.all([
+      receiveExactly(app, size),
+      sendAll(app, pseudoRandom("v1ws-up", size), false),
+    ]);
+    assert.ok(atTarget);
+    const [targetGot, targetSent] = await atTarget;
+    assert.equal(targetGot, sentHash, "client -> target intact");
+    assert.equal(got, targetSent, "target -> client intact");
+    app.end();
+    const closed = await d.waitForLog((l) => /connection (closed|ended)/.test(l.msg));
+    assert.equal(closed.protocol, "monopiped1");
+    assert.equal(closed.received, size);
+    assert.equal(closed.sent, size);
+  });
+
+  describe("malformed input over WebSocket closes that connection with a clear log line", () => {
+    let target: TestServer;
+    let d: RunningEnd;
+    let good: RunningEnd;
+    before(async () => {
+      target = await server(echoHandler);
+      d = await end([
+        "-d",
+        "-w",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `127.0.0.1:${target.port}`,
+        "-k",
+        key,
+        "-o",
+        "2",
+      ]);
+      good = await end([
+        "-e",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `ws://${d.address}/`,
+        "-k",
+        key,
+        "--protocol",
+        "v1",
+      ]);
+    });
+
+    /** A raw WebSocket speaking monopiped1 by hand: returns the socket and the session after the hellos. */
+    async function wsSession() {
+      const client = v1Client(monopiped1Keys(readFileSync(key)));
+      const ws = new WebSocket(`ws://${d.address}/`, { perMessageDeflate: false });
+      const messages: Buffer[] = [];
+      const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
+      const firstMessage = new Promise<Buffer>((resolve) => ws.once("message", (m) => resolve(m as Buffer)));
+      ws.on("message", (m) => messages.push(m as Buffer));
+      await new Promise((resolve, reject) => {
+        ws.once("open", resolve);
+        ws.once("error", reject);
+      });
+      ws.send(client.hello);
+      const v1 = client.finish(await firstMessage);
+      return { ws, v1, closed, messages };
+    }
+    async function expectRefused(closed: Promise<number>, logPattern: RegExp) {
+      const from = d.logs.length;
+      await closed;
+      const line = await d.waitForLog((l) => d.logs.indexOf(l) >= from && logPattern.test(String(l.reason)));
+      assert.ok(line);
+      assert.ok(await echoWithoutHalfClose(good.port, randomBytes(50_000)), "the next good client is served");
+    }
+
+    it("a message one byte short of a frame", async () => {
+      const { ws, v1, closed } = await wsSession();
+      ws.send(v1.frame(Buffer.from("hello")).subarray(0, 1059));
+      await expectRefused(closed, /WebSocket message of 1059 bytes, expected 1060/);
+    });
+
+    it("two frames in one message", async () => {
+      const { ws, v1, closed } = await wsSession();
+      ws.send(Buffer.concat([v1.frame(Buffer.from("a")), v1.frame(Buffer.from("b"))]));
+      await expectRefused(closed, /WebSocket message of 2120 bytes, expected 1060/);
+    });
+
+    it("a frame with a bad tag", async () => {
+      const { ws, v1, closed } = await wsSession();
+      const frame = v1.frame(Buffer.from("hello"));
+      frame[5] ^= 0x80;
+      ws.send(frame);
+      await expectRefused(closed, /frame did not authenticate/);
+    });
+
+    it("a handshake message of the wrong size", async () => {
+      const ws = new WebSocket(`ws://${d.address}/`, { perMessageDeflate: false });
+      const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
+      await new Promise((resolve) => ws.once("open", resolve));
+      ws.send(v1Client(monopiped1Keys(readFileSync(key))).hello.subarray(0, 40));
+      await expectRefused(closed, /handshake/);
     });
   });
 });

@@ -141,6 +141,38 @@ export interface CuttingRelay extends TestServer {
   cut(): void;
 }
 
+/** Reads exactly `n` bytes (then stops listening); resolves with their sha256. */
+export function receiveExactly(sock: net.Socket, n: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash("sha256");
+    let got = 0;
+    const onData = (d: Buffer) => {
+      const take = d.subarray(0, n - got);
+      h.update(take);
+      got += take.length;
+      if (got === n) {
+        sock.removeListener("data", onData);
+        resolve(h.digest("hex"));
+      }
+    };
+    sock.on("data", onData);
+    sock.once("close", () => got < n && reject(new Error(`connection closed after ${got} of ${n} bytes`)));
+  });
+}
+
+/**
+ * Send `data` and read the echo back without half-closing first (for protocols such as monopiped1
+ * over WebSocket, whose end of stream closes both directions), then close.
+ */
+export async function echoWithoutHalfClose(port: number, data: Buffer): Promise<boolean> {
+  const s = await connect(port);
+  const echo = receiveExactly(s, data.length);
+  s.write(data);
+  const ok = (await echo) === createHash("sha256").update(data).digest("hex");
+  s.end();
+  return ok;
+}
+
 /**
  * A TCP relay between a client and `targetPort` that can cut the connection towards the client
  * with a plain FIN, as a middlebox (or an attacker) injecting a FIN would: after `cutAfter` bytes

@@ -3,11 +3,10 @@
  * with -w) and the outgoing connection (TCP/Unix, or ws:// / wss:// targets).
  */
 import type { SocketAddress } from "../address.js";
-import { formatHostPort } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { Link, Listener } from "./link.js";
-import { dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
+import { boundAddress, dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
 import { dialWebSocket, listenWebSocket } from "./ws.js";
 
 export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
@@ -16,11 +15,7 @@ export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link)
     if (cfg.listen.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
     onLink(new SocketLink(socket));
   });
-  const a = server.address();
-  return {
-    address: typeof a === "string" || a === null ? cfg.listen.text : formatHostPort(a.address, a.port),
-    close: () => server.close(),
-  };
+  return { address: boundAddress(server, cfg.listen), close: () => server.close() };
 }
 
 /** Connect to a plain or encrypted peer given by a socket address. */

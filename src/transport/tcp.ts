@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from "node:events";
 import net from "node:net";
-import type { Address, SocketAddress } from "../address.js";
+import { formatHostPort, type SocketAddress } from "../address.js";
 import type { Link } from "./link.js";
 
 export interface SocketOptions {
@@ -136,9 +136,20 @@ export function connectErrorText(what: string, err: NodeJS.ErrnoException): stri
 }
 
 /** Listen on a TCP or Unix address; resolves with the server once bound. */
-export function listenSocket(addr: Address, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
+export function listenSocket(
+  addr: SocketAddress,
+  onConnection: (socket: net.Socket) => void,
+): Promise<net.Server> {
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
+  return bindServer(server, addr).then(() => server);
+}
+
+/**
+ * Bind any net.Server (a plain one, or the WebSocket listener's http.Server) to a TCP or Unix
+ * address; the rejection names the address and the cause.
+ */
+export function bindServer(server: net.Server, addr: SocketAddress): Promise<void> {
   return new Promise((resolve, reject) => {
-    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
     server.once("error", (err: NodeJS.ErrnoException) => {
       const why =
         err.code === "EADDRINUSE"
@@ -152,11 +163,15 @@ export function listenSocket(addr: Address, onConnection: (socket: net.Socket) =
     });
     const onListening = () => {
       server.removeAllListeners("error");
-      resolve(server);
+      resolve();
     };
     if (addr.kind === "unix") server.listen(addr.path, onListening);
-    else if (addr.kind === "tcp")
-      server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
-    else reject(new Error(`cannot listen on ${addr.text}: a listener takes host:port or /unix/path`));
+    else server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
   });
+}
+
+/** The bound address of a listening server, for logs (e.g. 127.0.0.1:41234 when port 0 was asked). */
+export function boundAddress(server: net.Server, addr: SocketAddress): string {
+  const a = server.address();
+  return typeof a === "string" || a === null ? addr.text : formatHostPort(a.address, a.port);
 }

@@ -24,9 +24,9 @@ import tls from "node:tls";
 import WebSocket, { type ClientOptions, WebSocketServer } from "ws";
 import { formatHostPort, type WsAddress } from "../address.js";
 import type { Config } from "../config.js";
-import { createLogger, type Logger } from "../log.js";
+import type { Logger } from "../log.js";
 import type { Link, Listener } from "./link.js";
-import { connectErrorText } from "./tcp.js";
+import { bindServer, boundAddress, connectErrorText } from "./tcp.js";
 
 /** Largest message accepted: above any record (65535 + 35 bytes) and monopiped1's 1060-byte frames. */
 export const MAX_PAYLOAD = 128 * 1024;
@@ -466,48 +466,16 @@ export async function listenWebSocket(
     );
   });
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", (err: NodeJS.ErrnoException) => {
-      const why =
-        err.code === "EADDRINUSE"
-          ? "address already in use"
-          : err.code === "EACCES"
-            ? "permission denied"
-            : err.code === "EADDRNOTAVAIL"
-              ? "address not available on this machine"
-              : err.message;
-      reject(new Error(`cannot listen on ${cfg.listen.text}: ${why}`));
-    });
-    const onListening = () => {
-      server.removeAllListeners("error");
-      server.on("error", (err) =>
-        log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`),
-      );
-      resolve();
-    };
-    if (cfg.listen.kind === "unix") server.listen(cfg.listen.path, onListening);
-    else server.listen({ host: cfg.listen.host, port: cfg.listen.port, backlog: 511 }, onListening);
-  });
-  const a = server.address();
-  return {
-    address: typeof a === "string" || a === null ? cfg.listen.text : formatHostPort(a.address, a.port),
-    close: () => {
-      server.close();
-    },
-  };
+  await bindServer(server, cfg.listen);
+  server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
+  return { address: boundAddress(server, cfg.listen), close: () => server.close() };
 }
 
 // ---------------------------------------------------------------------------------------------
 // Client
 
-let warningsReported = false;
-
-/**
- * Warnings about the WebSocket client options, to log once at start-up. The tunnel should call this
- * from start(); if it has not by the first connection, dialWebSocket logs them itself.
- */
+/** Warnings about the WebSocket client options; the tunnel logs them once at start-up. */
 export function wsClientWarnings(cfg: Config): string[] {
-  warningsReported = true;
   if (cfg.target.kind !== "ws") return [];
   const c = cfg.wsClient;
   const out: string[] = [];
@@ -523,14 +491,6 @@ export function wsClientWarnings(cfg: Config): string[] {
   if (!cfg.target.secure && c.sni !== undefined)
     out.push(`--sni has no effect on ${cfg.target.text}: ws:// has no TLS`);
   return out;
-}
-
-function reportWarningsOnce(cfg: Config): void {
-  if (warningsReported) return;
-  const warnings = wsClientWarnings(cfg);
-  if (warnings.length === 0) return;
-  const log = createLogger(cfg.logLevel, cfg.logFormat);
-  for (const w of warnings) log.warn(w);
 }
 
 let caCache: { file: string; ca: string[] } | undefined;
@@ -775,7 +735,6 @@ function describeAnswer(text: string, res: http.IncomingMessage, via: string): s
 
 /** Connect a WebSocket link to a ws:// or wss:// URL. Resolves once the upgrade is done (paused). */
 export function dialWebSocket(addr: WsAddress, cfg: Config): Promise<Link> {
-  reportWarningsOnce(cfg);
   return new Promise((resolve, reject) => {
     const url = addr.url;
     const host = stripBrackets(url.hostname);

@@ -76,15 +76,43 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     };
 
     // application -> tunnel
+    // Node reads 65,536 bytes at a time and a record holds at most maxPlaintext (65,535 for
+    // monopiped2): the few bytes past whole records are carried into the next read instead of
+    // costing a record of their own, and sent on their own one event-loop turn later if no read
+    // follows, so interactive traffic is not held back.
+    let carry: Buffer | null = null;
+    let flushScheduled = false;
+    const sealAndSend = (plainBytes: Buffer) => {
+      if (!enc.send(sealer.seal(plainBytes))) plain.pause();
+    };
+    const flushCarry = () => {
+      flushScheduled = false;
+      if (!carry || settled) return;
+      const rest = carry;
+      carry = null;
+      sealAndSend(rest);
+    };
     plain.on("data", (chunk: Buffer) => {
       sent += chunk.length;
-      if (!enc.send(sealer.seal(chunk))) plain.pause();
+      let bytes = carry ? Buffer.concat([carry, chunk]) : chunk;
+      carry = null;
+      const tail = bytes.length % sealer.maxPlaintext;
+      if (bytes.length > sealer.maxPlaintext && tail !== 0) {
+        carry = bytes.subarray(bytes.length - tail);
+        bytes = bytes.subarray(0, bytes.length - tail);
+        if (!flushScheduled) {
+          flushScheduled = true;
+          setImmediate(flushCarry);
+        }
+      }
+      sealAndSend(bytes);
     });
     enc.on("drain", () => {
       if (!upDone) plain.resume();
     });
     plain.on("end", () => {
       if (settled) return;
+      flushCarry();
       upDone = true;
       const records = sealer.end();
       if (records.length > 0) enc.send(records);
@@ -104,12 +132,20 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       if (enc.messageFramed && opener.buffered !== 0) {
         throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
       }
+      // The data of one read goes out in one (vectored) write, not one write per record.
+      const out: Buffer[] = [];
+      const flush = () => {
+        if (out.length > 0 && !plain.send(out.splice(0))) enc.pause();
+      };
       for (const ev of events) {
         if (ev.type === "data") {
           if (ev.data.length === 0) continue;
           received += ev.data.length;
-          if (!plain.send([ev.data])) enc.pause();
-        } else if (ev.type === "end") {
+          out.push(ev.data);
+          continue;
+        }
+        flush();
+        if (ev.type === "end") {
           downDone = true;
           plain.endWrite();
           maybeDone();
@@ -118,6 +154,7 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
           return;
         }
       }
+      flush();
     };
     enc.on("data", (chunk: Buffer) => {
       if (settled) return;

@@ -7,7 +7,7 @@
 import { ByteQueue } from "./bytequeue.js";
 import { ProtocolError } from "./errors.js";
 import type { Keys } from "./index.js";
-import { monopiped1Handshake } from "./monopiped1.js";
+import { isMonopiped1ClientHello, monopiped1Handshake } from "./monopiped1.js";
 import { monopiped2Handshake } from "./monopiped2.js";
 import type { Handshake, Session } from "./types.js";
 
@@ -34,13 +34,12 @@ class AutoServerHandshake implements Handshake {
     this.queue.push(bytes);
     if (this.queue.length < FIRST_MESSAGE_LEN) return [];
     const all = this.queue.takeAll();
-    const v1 = monopiped1Handshake("server", this.keys.monopiped1);
-    try {
+    // Building a handshake costs a fresh X25519 key pair: test the hello's tag first.
+    if (isMonopiped1ClientHello(this.keys.monopiped1, all.subarray(0, FIRST_MESSAGE_LEN))) {
+      const v1 = monopiped1Handshake("server", this.keys.monopiped1);
       v1.receive(all);
       this.chosen = v1;
       return v1.start();
-    } catch (err) {
-      if (!(err instanceof ProtocolError)) throw err;
     }
     const v2 = monopiped2Handshake("server", this.keys.monopiped2);
     try {

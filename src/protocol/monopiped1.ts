@@ -267,6 +267,11 @@ class Monopiped1Handshake implements Handshake {
   }
 }
 
+/** Whether 48 bytes are a client hello sealed under this key file: a cheap test before a handshake is built. */
+export function isMonopiped1ClientHello(keys: Monopiped1Keys, hello: Buffer): boolean {
+  return hello.length === HELLO_LEN && new CounterAead(keys.clientKey).open(hello) !== null;
+}
+
 /** The monopiped1 handshake; `ephemeralSecret` (32 bytes) is for test vectors only, otherwise random. */
 export function monopiped1Handshake(role: Role, keys: Monopiped1Keys, ephemeralSecret?: Buffer): Handshake {
   return new Monopiped1Handshake(role, keys, ephemeralSecret);

@@ -97,7 +97,9 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       let bytes = carry ? Buffer.concat([carry, chunk]) : chunk;
       carry = null;
       const tail = bytes.length % sealer.maxPlaintext;
-      if (bytes.length > sealer.maxPlaintext && tail !== 0) {
+      // Only where records are large (monopiped2): for small fixed frames a carried tail saves
+      // little and costs a copy of the whole next read.
+      if (sealer.maxPlaintext >= 16384 && bytes.length > sealer.maxPlaintext && tail !== 0) {
         carry = bytes.subarray(bytes.length - tail);
         bytes = bytes.subarray(0, bytes.length - tail);
         if (!flushScheduled) {

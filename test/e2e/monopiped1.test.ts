@@ -4,54 +4,34 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import type net from "node:net";
 import { after, before, describe, it } from "node:test";
 import WebSocket from "ws";
-import { type RunningEnd, startEnd } from "../../src/harness.js";
+import type { RunningEnd } from "../../src/harness.js";
 import { monopiped1Keys } from "../../src/protocol/monopiped1.js";
+import { Fleet } from "../helpers/fleet.js";
 import {
   connect,
   echoHandler,
   echoRoundTrip,
   echoWithoutHalfClose,
-  keyFile,
-  listen,
   pseudoRandom,
   receiveAll,
   receiveExactly,
   sendAll,
   type TestServer,
-  tempDir,
 } from "../helpers/net.js";
 import { readExactly, v1Client } from "../helpers/v1peer.js";
 
 const MiB = 1024 * 1024;
-const ends: RunningEnd[] = [];
-const servers: TestServer[] = [];
-let dir: string;
-let key: string;
+const fleet = new Fleet();
+const key = fleet.key;
+const _dir = fleet.dir;
+const end = (args: string[]) => fleet.end(args);
+const server = (handler: (s: net.Socket) => void) => fleet.server(handler);
 
-async function end(args: string[]): Promise<RunningEnd> {
-  const e = await startEnd(args);
-  ends.push(e);
-  return e;
-}
-async function server(handler: (s: net.Socket) => void): Promise<TestServer> {
-  const s = await listen(handler);
-  servers.push(s);
-  return s;
-}
-
-before(() => {
-  dir = tempDir();
-  key = keyFile(dir);
-});
-after(async () => {
-  await Promise.all(ends.map((e) => e.stop()));
-  await Promise.all(servers.map((s) => s.close()));
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => fleet.cleanup());
 
 describe("monopiped1 over TCP", () => {
   it("our monopiped1 client and our auto-detecting server carry 64 MiB each way, sha256-equal", async () => {

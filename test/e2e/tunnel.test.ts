@@ -4,40 +4,26 @@
  */
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
 import type net from "node:net";
-import { after, before, describe, it } from "node:test";
-import { type RunningEnd, startEnd } from "../../src/harness.js";
+import { after, describe, it } from "node:test";
+import { Fleet } from "../helpers/fleet.js";
 import {
   connect,
   cuttingRelay,
   echoHandler,
   echoRoundTrip,
   keyFile,
-  listen,
   pseudoRandom,
   receiveAll,
   sendAll,
-  type TestServer,
-  tempDir,
 } from "../helpers/net.js";
 
 const MiB = 1024 * 1024;
-const ends: RunningEnd[] = [];
-const servers: TestServer[] = [];
-let dir: string;
-let key: string;
-
-async function end(args: string[]): Promise<RunningEnd> {
-  const e = await startEnd(args);
-  ends.push(e);
-  return e;
-}
-async function server(handler: (s: net.Socket) => void): Promise<TestServer> {
-  const s = await listen(handler);
-  servers.push(s);
-  return s;
-}
+const fleet = new Fleet();
+const key = fleet.key;
+const dir = fleet.dir;
+const end = (args: string[]) => fleet.end(args);
+const server = (handler: (s: net.Socket) => void) => fleet.server(handler);
 /** A server end in front of `targetPort` and a client end in front of it. */
 async function pair(targetPort: number, extra: { client?: string[]; server?: string[] } = {}) {
   const d = await end([
@@ -54,15 +40,7 @@ async function pair(targetPort: number, extra: { client?: string[]; server?: str
   return { d, e };
 }
 
-before(() => {
-  dir = tempDir();
-  key = keyFile(dir);
-});
-after(async () => {
-  await Promise.all(ends.map((e) => e.stop()));
-  await Promise.all(servers.map((s) => s.close()));
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => fleet.cleanup());
 
 describe("TCP tunnel, end to end", () => {
   it("carries 256 MiB each way at the same time through one connection, sha256-equal", async () => {
@@ -215,7 +193,7 @@ describe("TCP tunnel, end to end", () => {
     });
     const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
     const relay = await cuttingRelay(d.port);
-    servers.push(relay);
+    fleet.adopt(relay);
     const e = await end(["-e", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${relay.port}`, "-k", key]);
     const app = await connect(e.port);
     let got = 0;
@@ -241,7 +219,7 @@ describe("TCP tunnel, end to end", () => {
     });
     const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
     const relay = await cuttingRelay(d.port, 2 * MiB + 7);
-    servers.push(relay);
+    fleet.adopt(relay);
     const e = await end(["-e", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${relay.port}`, "-k", key]);
     const app = await connect(e.port);
     const r = await receiveAll(app);

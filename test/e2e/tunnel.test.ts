@@ -23,7 +23,7 @@ const fleet = new Fleet();
 const key = fleet.key;
 const dir = fleet.dir;
 const end = (args: string[]) => fleet.end(args);
-const server = (handler: (s: net.Socket) => void) => fleet.server(handler);
+const server = (handler: (s: net.Socket) => void, host?: string) => fleet.server(handler, host);
 /** A server end in front of `targetPort` and a client end in front of it. */
 async function pair(targetPort: number, extra: { client?: string[]; server?: string[] } = {}) {
   const d = await end([
@@ -226,5 +226,15 @@ describe("TCP tunnel, end to end", () => {
     assert.ok(r.bytes < 2 * MiB, "no more than what passed the relay, and no partial record");
     const log = await e.waitForLog((l) => /connection ended/.test(l.msg));
     assert.match(String(log.reason), /truncated/);
+  });
+
+  it("works over IPv6 loopback and Unix sockets", async () => {
+    const target = await server(echoHandler, "::1");
+    const sock = `${dir}/server.sock`;
+    const d = await end(["-d", "-l", sock, "-t", `[::1]:${target.port}`, "-k", key]);
+    assert.equal(d.address, sock);
+    const e = await end(["-e", "-l", "[::1]:0", "-t", sock, "-k", key]);
+    const data = randomBytes(200_000);
+    assert.ok((await echoRoundTrip(e.port, data, "::1")).equals(data));
   });
 });

@@ -21,8 +21,8 @@ export class Fleet {
   }
 
   /** A loopback TCP server kept for cleanup. */
-  async server(handler: (s: net.Socket) => void): Promise<TestServer> {
-    const s = await listen(handler);
+  async server(handler: (s: net.Socket) => void, host?: string): Promise<TestServer> {
+    const s = await listen(handler, host);
     this.servers.push(s);
     return s;
   }

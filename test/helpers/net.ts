@@ -26,7 +26,7 @@ export interface TestServer {
 }
 
 /** A loopback TCP server; every accepted socket is handed to `handler`. */
-export function listen(handler: (s: net.Socket) => void): Promise<TestServer> {
+export function listen(handler: (s: net.Socket) => void, host = "127.0.0.1"): Promise<TestServer> {
   const sockets = new Set<net.Socket>();
   return new Promise((resolve) => {
     const ts: TestServer = {
@@ -45,7 +45,7 @@ export function listen(handler: (s: net.Socket) => void): Promise<TestServer> {
           ts.server.close(() => r());
         }),
     };
-    ts.server.listen(0, "127.0.0.1", () => {
+    ts.server.listen(0, host, () => {
       ts.port = (ts.server.address() as net.AddressInfo).port;
       resolve(ts);
     });
@@ -122,8 +122,8 @@ export function connect(port: number, host = "127.0.0.1"): Promise<net.Socket> {
 }
 
 /** Send `data` and read the whole echo back (the socket is half-closed after sending). */
-export async function echoRoundTrip(port: number, data: Buffer): Promise<Buffer> {
-  const s = await connect(port);
+export async function echoRoundTrip(port: number, data: Buffer, host = "127.0.0.1"): Promise<Buffer> {
+  const s = await connect(port, host);
   const chunks: Buffer[] = [];
   const done = new Promise<void>((resolve, reject) => {
     s.on("data", (d: Buffer) => chunks.push(d));

@@ -213,11 +213,18 @@ export class Tunnel {
     return est;
   }
 
-  /** After a clean end, make sure sockets still finishing their close are gone after a while. */
+  /**
+   * After a connection ended, make sure sockets still finishing their close (a peer that never
+   * sends its FIN) are gone after a while; links already closed are not held.
+   */
   private linger(...links: (Link | null)[]): void {
+    const open = links.filter((l): l is Link => l !== null && !l.closed);
+    if (open.length === 0) return;
     const timer = setTimeout(() => {
-      for (const l of links) l?.reset();
+      for (const l of open) l.reset();
     }, LINGER_MS);
     timer.unref();
+    let left = open.length;
+    for (const l of open) l.once("close", () => --left === 0 && clearTimeout(timer));
   }
 }

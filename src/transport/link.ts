@@ -27,6 +27,8 @@ export interface Link extends EventEmitter {
   reset(): void;
   /** Bytes queued but not yet handed to the kernel. */
   readonly pendingBytes: number;
+  /** True once the link has emitted 'close'. */
+  readonly closed: boolean;
 }
 
 /** A bound listener that hands each new connection over as a Link (paused until the tunnel serves it). */

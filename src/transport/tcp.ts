@@ -20,7 +20,8 @@ const KEEPALIVE_DELAY_MS = 60_000;
 export class SocketLink extends EventEmitter implements Link {
   readonly messageFramed = false;
   readonly peer: string;
-  private closed = false;
+  /** True once the link has emitted 'close'. */
+  closed = false;
 
   constructor(
     readonly socket: net.Socket,

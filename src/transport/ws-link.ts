@@ -58,7 +58,8 @@ export class WsLink extends EventEmitter implements Link {
    */
   private localDone = false;
   private failure: Error | undefined;
-  private closed = false;
+  /** True once the link has emitted 'close'. */
+  closed = false;
   private needDrain = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private violationTimer: NodeJS.Timeout | undefined;

@@ -48,13 +48,23 @@ export class SocketLink extends EventEmitter implements Link {
 
   send(chunks: Buffer[]): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return false;
-    if (chunks.length === 1) return this.socket.write(chunks[0]);
-    this.socket.cork();
+    // Writes made in the same turn of the event loop (e.g. one per WebSocket message of a read)
+    // leave in one vectored write at the end of the turn.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(this.uncork);
+    }
     let ok = true;
     for (const c of chunks) ok = this.socket.write(c);
-    this.socket.uncork();
     return ok;
   }
+
+  private corked = false;
+  private readonly uncork = () => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   pause(): void {
     this.socket.pause();

@@ -70,7 +70,7 @@ export class WsLink extends EventEmitter implements Link {
 
   constructor(
     private readonly ws: WebSocket,
-    socket: Duplex,
+    private readonly socket: Duplex,
     readonly peer: string,
     private readonly opts: WsLinkOptions,
   ) {
@@ -115,7 +115,10 @@ export class WsLink extends EventEmitter implements Link {
       }
       return false;
     }
+    // One vectored write for all the messages of a batch, not one per message.
+    this.socket.cork();
     for (const c of chunks) this.ws.send(c, SEND_OPTIONS);
+    this.socket.uncork();
     if (this.ws.bufferedAmount < HIGH_WATER) return true;
     this.needDrain = true;
     return false;

@@ -143,6 +143,7 @@ export class Tunnel {
     let session: Session | null = null;
     let rest: Buffer | undefined;
     let result: PumpResult;
+    let closing = false; // the accepted link is already closing cleanly
     try {
       if (this.cfg.mode === "encrypt") {
         plain = accepted;
@@ -162,6 +163,7 @@ export class Tunnel {
           if (records.length > 0) {
             enc.send(records);
             enc.endWrite();
+            closing = true; // a reset now could overtake the ABORT record
           } else enc.reset();
           throw new Error(why);
         }
@@ -170,7 +172,9 @@ export class Tunnel {
     } catch (err) {
       const reason = err instanceof Error ? err.message : String(err);
       plain?.reset();
-      if (this.cfg.mode === "decrypt" && !session) {
+      if (closing) {
+        this.linger(accepted);
+      } else if (this.cfg.mode === "decrypt" && !session) {
         // A peer that failed the handshake gets a plain close: no reset, no hint, nothing more.
         accepted.endWrite();
         this.linger(accepted);

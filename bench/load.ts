@@ -2,9 +2,9 @@
  * The measurements: bulk throughput (iperf3, or a Node source/sink), connect-and-echo latency and
  * rate, and the memory a relay spends per idle tunneled connection.
  */
-import { randomFillSync } from "node:crypto";
 import net from "node:net";
 import { lastLine, type Proc, runProc, sleep } from "./procs.js";
+import { writeN } from "./write-n.js";
 
 export interface Throughput {
   gbps: number;
@@ -57,8 +57,6 @@ export function iperf3Tool(): ThroughputTool {
   };
 }
 
-const BLOCK = randomFillSync(Buffer.alloc(1 << 20));
-
 /** The Node source/sink of bench/target.ts ("load" port) behind the relay pair. */
 export function nodeTool(): ThroughputTool {
   return {
@@ -87,18 +85,7 @@ export function nodeTool(): ThroughputTool {
           header.writeBigUInt64BE(BigInt(bytes), 1);
           s.write(header);
           if (reverse) return;
-          let left = bytes;
-          const write = () => {
-            while (left > 0) {
-              const n = Math.min(left, BLOCK.length);
-              left -= n;
-              if (!s.write(n === BLOCK.length ? BLOCK : BLOCK.subarray(0, n))) {
-                s.once("drain", write);
-                return;
-              }
-            }
-          };
-          write();
+          writeN(s, bytes, false);
         });
         s.on("data", (d: Buffer) => {
           received += d.length;

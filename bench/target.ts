@@ -8,8 +8,8 @@
  *   U (upload):   the client then sends N bytes; after the last one the server answers one byte and ends.
  *   D (download): the server sends N bytes and ends.
  */
-import { randomFillSync } from "node:crypto";
 import net from "node:net";
+import { writeN } from "./write-n.js";
 
 const LOAD_HEADER_LEN = 9;
 
@@ -29,8 +29,6 @@ function echoServer(): net.Server {
   });
 }
 
-const BLOCK = randomFillSync(Buffer.alloc(1 << 20));
-
 function loadServer(): net.Server {
   return net.createServer({ allowHalfOpen: true }, (s) => {
     s.on("error", () => s.destroy());
@@ -47,7 +45,7 @@ function loadServer(): net.Server {
         if (mode === "D") {
           s.removeListener("data", onData);
           s.resume();
-          sendN(s, left);
+          writeN(s, left, true);
           return;
         }
       }
@@ -59,22 +57,6 @@ function loadServer(): net.Server {
     };
     s.on("data", onData);
   });
-}
-
-function sendN(s: net.Socket, total: number): void {
-  let left = total;
-  const write = () => {
-    while (left > 0) {
-      const n = Math.min(left, BLOCK.length);
-      left -= n;
-      if (!s.write(n === BLOCK.length ? BLOCK : BLOCK.subarray(0, n))) {
-        s.once("drain", write);
-        return;
-      }
-    }
-    s.end();
-  };
-  write();
 }
 
 async function main(): Promise<void> {

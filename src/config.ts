@@ -1,5 +1,5 @@
 /** The one validated configuration the CLI builds from flags; everything else reads only this. */
-import type { Address, SocketAddress, WsAddress } from "./address.js";
+import type { SocketAddress, WsAddress } from "./address.js";
 import type { LogFormat, LogLevel } from "./log.js";
 import type { Keys, ProtocolChoice } from "./protocol/index.js";
 
@@ -40,5 +40,3 @@ export interface Config {
   logLevel: LogLevel;
   logFormat: LogFormat;
 }
-
-export type { Address };

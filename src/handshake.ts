@@ -7,8 +7,6 @@ import { ProtocolError } from "./protocol/errors.js";
 import type { Handshake, Session } from "./protocol/types.js";
 import type { Link } from "./transport/link.js";
 
-export class HandshakeError extends Error {}
-
 export interface Established {
   session: Session;
   /** Bytes read past the handshake, for the record opener. */
@@ -33,7 +31,7 @@ export function runHandshake(
     const failWith = (message: string) => {
       if (done) return;
       cleanup();
-      reject(new HandshakeError(message));
+      reject(new Error(message));
     };
     const onData = (chunk: Buffer) => {
       if (done) return;

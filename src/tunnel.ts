@@ -152,8 +152,9 @@ export class Tunnel {
         result = await pump(plain, enc, session, { rest });
       } else {
         enc = accepted;
-        ({ session, rest } = await this.handshake(enc, "server", log));
+        // The CLI refuses this; the check narrows the type before any work is done.
         if (this.cfg.target.kind === "ws") throw new Error("a decrypt-mode target cannot be a WebSocket URL");
+        ({ session, rest } = await this.handshake(enc, "server", log));
         try {
           plain = await dialSocketLink(this.cfg.target, this.cfg);
         } catch (err) {

@@ -25,8 +25,6 @@ export interface Link extends EventEmitter {
   endWrite(): void;
   /** Abort now: TCP sends RST, WebSocket drops the connection without a closing handshake. */
   reset(): void;
-  /** Bytes queued but not yet handed to the kernel. */
-  readonly pendingBytes: number;
   /** True once the link has emitted 'close'. */
   readonly closed: boolean;
 }

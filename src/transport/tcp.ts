@@ -42,10 +42,6 @@ export class SocketLink extends EventEmitter implements Link {
     this.emit("close", err);
   }
 
-  get pendingBytes(): number {
-    return this.socket.writableLength;
-  }
-
   send(chunks: Buffer[]): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return false;
     // Writes made in the same turn of the event loop (e.g. one per WebSocket message of a read)
@@ -84,10 +80,9 @@ export class SocketLink extends EventEmitter implements Link {
   }
 }
 
-export function describePeer(socket: net.Socket): string {
-  const a = socket.remoteAddress;
-  if (!a) return "local socket";
-  return a.includes(":") ? `[${a}]:${socket.remotePort}` : `${a}:${socket.remotePort}`;
+/** The remote end of a socket for logs: 1.2.3.4:5678, [::1]:5678, or "local socket" (Unix). */
+export function describePeer(socket: { remoteAddress?: string; remotePort?: number }): string {
+  return socket.remoteAddress ? formatHostPort(socket.remoteAddress, socket.remotePort ?? 0) : "local socket";
 }
 
 export function tuneSocket(socket: net.Socket, opts: SocketOptions): void {

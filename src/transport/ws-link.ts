@@ -101,10 +101,6 @@ export class WsLink extends EventEmitter implements Link {
     if (opts.pings === "always") this.startPings();
   }
 
-  get pendingBytes(): number {
-    return this.ws.bufferedAmount;
-  }
-
   send(chunks: Buffer[]): boolean {
     if (this.ws.readyState !== WebSocket.OPEN) {
       if (this.endEmitted && !this.closed && chunks.some((c) => c.length > 0)) {

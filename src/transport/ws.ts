@@ -4,12 +4,12 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import WebSocket, { type ClientOptions, WebSocketServer } from "ws";
-import { formatHostPort, type WsAddress } from "../address.js";
+import type { WsAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { Link, Listener } from "./link.js";
 import { connectThroughProxy, proxyFor, proxyName, stripBrackets, type TlsTrust } from "./proxy.js";
-import { bindServer, boundAddress, connectErrorText } from "./tcp.js";
+import { bindServer, boundAddress, connectErrorText, describePeer } from "./tcp.js";
 import { KEEPALIVE_DELAY_MS, MAX_PAYLOAD, WsLink } from "./ws-link.js";
 
 export { noProxyMatches, proxyFor } from "./proxy.js";
@@ -23,11 +23,6 @@ function pathOf(url: string | undefined): string {
   const u = url ?? "/";
   const q = u.indexOf("?");
   return q >= 0 ? u.slice(0, q) : u;
-}
-
-function socketPeer(socket: Duplex): string {
-  const s = socket as net.Socket;
-  return s.remoteAddress ? formatHostPort(s.remoteAddress, s.remotePort ?? 0) : "local socket";
 }
 
 /** The client as a proxy in front reports it: first X-Forwarded-For entry, else Forwarded for=. */
@@ -52,7 +47,7 @@ export async function listenWebSocket(
 ): Promise<Listener> {
   const wantedPath = cfg.wsServer.path;
   const peerOf = (req: http.IncomingMessage) =>
-    (cfg.wsServer.trustProxy ? forwardedFor(req.headers) : undefined) ?? socketPeer(req.socket);
+    (cfg.wsServer.trustProxy ? forwardedFor(req.headers) : undefined) ?? describePeer(req.socket);
   const refusal = (peer: string, status: number, why: string, req?: http.IncomingMessage) =>
     log.warn(
       { peer, status, path: req ? pathOf(req.url) : undefined, reason: why },
@@ -166,7 +161,7 @@ export async function listenWebSocket(
   });
 
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Duplex) => {
-    const peer = socketPeer(socket);
+    const peer = describePeer(socket as net.Socket);
     if (err.code === "ECONNRESET" || !socket.writable) {
       log.debug({ peer, reason: err.message }, `HTTP connection from ${peer} dropped: ${err.message}`);
       socket.destroy();

@@ -134,20 +134,13 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       if (enc.messageFramed && opener.buffered !== 0) {
         throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
       }
-      // The data of one read goes out in one (vectored) write, not one write per record.
-      const out: Buffer[] = [];
-      const flush = () => {
-        if (out.length > 0 && !plain.send(out.splice(0))) enc.pause();
-      };
+      // Sends of one turn of the event loop leave in one vectored write (the link corks itself).
       for (const ev of events) {
         if (ev.type === "data") {
           if (ev.data.length === 0) continue;
           received += ev.data.length;
-          out.push(ev.data);
-          continue;
-        }
-        flush();
-        if (ev.type === "end") {
+          if (!plain.send([ev.data])) enc.pause();
+        } else if (ev.type === "end") {
           downDone = true;
           plain.endWrite();
           maybeDone();
@@ -156,7 +149,6 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
           return;
         }
       }
-      flush();
     };
     enc.on("data", (chunk: Buffer) => {
       if (settled) return;

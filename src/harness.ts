@@ -22,6 +22,11 @@ export interface RunningEnd {
   logs: LogLine[];
   /** Resolves with the first log line matching, waiting up to timeoutMs. */
   waitForLog(pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /**
+   * Resolves with every matching line once there are at least `count` of them. A process logs a
+   * connection's end a moment after the application saw it end, so count lines this way.
+   */
+  waitForLogs(pred: (l: LogLine) => boolean, count: number, timeoutMs?: number): Promise<LogLine[]>;
   /** SIGTERM (then SIGKILL after a while); resolves with the exit code. */
   stop(): Promise<number | null>;
   exited: Promise<number | null>;
@@ -84,6 +89,10 @@ export function startEnd(
       };
       waiters.push(entry);
     });
+  const waitForLogs = async (pred: (l: LogLine) => boolean, count: number, timeoutMs = 10_000) => {
+    await waitForLog(() => logs.filter(pred).length >= count, timeoutMs);
+    return logs.filter(pred);
+  };
   const stop = async () => {
     if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
     child.kill("SIGTERM");
@@ -105,7 +114,7 @@ export function startEnd(
         child.removeListener("exit", onExit);
         const address = l.listen as string;
         const port = Number(address.slice(address.lastIndexOf(":") + 1));
-        resolve({ child, address, port, logs, waitForLog, stop, exited });
+        resolve({ child, address, port, logs, waitForLog, waitForLogs, stop, exited });
       },
       (err) => {
         child.kill("SIGKILL");

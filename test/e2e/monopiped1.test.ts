@@ -67,7 +67,7 @@ describe("monopiped1 over TCP", () => {
     const payloads = Array.from({ length: 8 }, () => randomBytes(2 * MiB));
     const echoes = await Promise.all(payloads.map((p, i) => echoRoundTrip(i % 2 ? e1.port : e2.port, p)));
     for (const [i, echo] of echoes.entries()) assert.ok(echo.equals(payloads[i]), `connection ${i}`);
-    const closed = d.logs.filter((l) => l.msg === "connection closed");
+    const closed = await d.waitForLogs((l) => l.msg === "connection closed", 8);
     assert.equal(closed.filter((l) => l.protocol === "monopiped1").length, 4);
     assert.equal(closed.filter((l) => l.protocol === "monopiped2").length, 4);
     assert.equal(

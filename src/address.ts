@@ -8,6 +8,9 @@ export type SocketAddress =
   | { kind: "tcp"; host: string; port: number; text: string }
   | { kind: "unix"; path: string; text: string };
 
+/** `monopiped pipe`: the plain side is standard input and output, not a listener. */
+export type StdioAddress = { kind: "stdio"; text: string };
+
 export type WsAddress = { kind: "ws"; url: URL; secure: boolean; text: string };
 export type Address = SocketAddress | WsAddress;
 

@@ -2,6 +2,7 @@
  * Command line: flags -> one validated Config, and the subcommands.
  *
  *   monopiped -e|-d -l ADDR -t ADDR|URL -k FILE [options]     run one end of a tunnel
+ *   monopiped pipe -t ADDR|URL -k FILE [options]              one connection over stdin/stdout (as spipe)
  *   monopiped keygen FILE [--force]                           write a new key file
  *   monopiped demo [--mib N]                                  run a whole tunnel on loopback and verify a transfer
  *   monopiped bench [options]                                 benchmark (see docs/BENCHMARKS.md)
@@ -15,8 +16,10 @@ import { parseArgs } from "node:util";
 import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
 import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
-import { createLogger, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.js";
+import { createLogger, LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
 import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
+import { StdioLink } from "./transport/stdio.js";
+import { wsClientWarnings } from "./transport/ws.js";
 import { Tunnel } from "./tunnel.js";
 
 export class UsageError extends Error {}
@@ -34,6 +37,8 @@ export const HELP = `monopiped ${VERSION} - encrypted tunnel for TCP application
 Usage:
   monopiped -e -l ADDR -t ADDR|URL -k KEYFILE [options]   client end: encrypt and send on
   monopiped -d -l ADDR -t ADDR     -k KEYFILE [options]   server end: decrypt and deliver
+  monopiped pipe -t ADDR|URL -k KEYFILE [options]         client end for one connection on
+                                                          standard input/output (as spipe)
   monopiped keygen KEYFILE [--force]                      write a new 32-byte key (mode 0600)
   monopiped demo [--mib N]                                tunnel N MiB on loopback and verify it
   monopiped bench [--help]                                measure throughput, latency, memory
@@ -92,6 +97,8 @@ Examples:
   # The encrypted leg inside WebSockets, behind a web server that proxies /ssh to port 3000:
   client:  monopiped -l 127.0.0.1:3000 -t wss://server.example.com/ssh -e -k key.bin
   server:  monopiped -l 127.0.0.1:3000 -t 127.0.0.1:22 -d -k key.bin -w
+  # No local port at all: ssh runs the client end itself, one per session (as spipe):
+  ssh -o ProxyCommand='monopiped pipe -t server.example.com:2222 -k key.bin' server.example.com
 
 Exit status: 0 after a clean stop, 1 when it cannot start (key file, address), 2 on a usage error.
 `;
@@ -198,9 +205,38 @@ function address(value: string, flag: string, allowUrl: boolean, allowPortZero: 
   }
 }
 
-/** Flags -> Config (the key file is read separately, after every flag checked out). */
-export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: string; pidfile?: string } {
+/** Flags that make no sense for `monopiped pipe` (one connection on standard input/output). */
+const NOT_FOR_PIPE = [
+  "decrypt",
+  "listen",
+  "listener",
+  "source",
+  "ws",
+  "max-conns",
+  "grace",
+  "pidfile",
+  "path",
+  "trust-proxy",
+] as const;
+
+/**
+ * Flags -> Config (the key file is read separately, after every flag checked out). `pipe`: the
+ * flags of `monopiped pipe`, always the client end, its plain side standard input/output.
+ */
+export function parseRunArgs(
+  argv: string[],
+  flavour: "run" | "pipe" = "run",
+): Omit<Config, "keys"> & { keyPath: string; pidfile?: string } {
   const { values: v } = parse(argv, RUN_OPTIONS);
+  if (flavour === "pipe") {
+    const wrong = NOT_FOR_PIPE.find((k) => v[k] !== undefined);
+    if (wrong)
+      throw new UsageError(
+        `${flagName(wrong)} does not apply to monopiped pipe: it is the client end (-e) of one connection on standard input/output`,
+      );
+    v.encrypt = true;
+    v.listen = "-";
+  }
   if (v.encrypt && v.decrypt)
     throw new UsageError("-e/--encrypt and -d/--decrypt contradict each other: give one");
   if (!v.encrypt && !v.decrypt) {
@@ -221,7 +257,10 @@ export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: 
       "missing -k/--key FILE: the shared key file (create one with: monopiped keygen key.bin)",
     );
 
-  const listen = address(listenText, flagName(listens[0]), false, true) as SocketAddress;
+  const listen: Config["listen"] =
+    flavour === "pipe"
+      ? { kind: "stdio", text: "standard input/output" }
+      : (address(listenText, flagName(listens[0]), false, true) as SocketAddress);
   const target = address(v.target, "-t/--target", true, false);
   if (mode === "decrypt" && target.kind === "ws") {
     throw new UsageError(
@@ -261,7 +300,8 @@ export function parseRunArgs(argv: string[]): Omit<Config, "keys"> & { keyPath: 
   if (v.proxy !== undefined && !/^https?:\/\//i.test(v.proxy))
     throw new UsageError(`--proxy ${v.proxy}: expected http://[user:pass@]host:port`);
 
-  const logLevel = (v["log-level"] ?? "info") as LogLevel;
+  // pipe: stdout is the data, and a session's log lines would only clutter the terminal.
+  const logLevel = (v["log-level"] ?? (flavour === "pipe" ? "warn" : "info")) as LogLevel;
   if (!LOG_LEVELS.includes(logLevel))
     throw new UsageError(`--log-level ${logLevel}: expected one of ${LOG_LEVELS.join(", ")}`);
   const logFormat = (v["log-format"] ?? "text") as LogFormat;
@@ -319,18 +359,8 @@ async function run(argv: string[]): Promise<number> {
   }
   const flags = parseRunArgs(argv);
   const log = createLogger(flags.logLevel, flags.logFormat);
-  let keyFile: ReturnType<typeof readKeyFile>;
-  try {
-    keyFile = readKeyFile(flags.keyPath);
-  } catch (err) {
-    if (err instanceof KeyFileError) {
-      process.stderr.write(`monopiped: ${err.message}\n`);
-      return 1;
-    }
-    throw err;
-  }
-  if (keyFile.warning) log.warn(keyFile.warning);
-  const cfg: Config = { ...flags, keys: prepareKeys(keyFile.bytes) };
+  const cfg = withKeys(flags, log);
+  if (!cfg) return 1;
 
   const tunnel = new Tunnel(cfg, log);
   try {
@@ -370,6 +400,56 @@ async function run(argv: string[]): Promise<number> {
   });
 }
 
+/** The Config with the key file read and checked; null (after saying why) when it cannot be used. */
+function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): Config | null {
+  let keyFile: ReturnType<typeof readKeyFile>;
+  try {
+    keyFile = readKeyFile(flags.keyPath);
+  } catch (err) {
+    if (err instanceof KeyFileError) {
+      process.stderr.write(`monopiped: ${err.message}\n`);
+      return null;
+    }
+    throw err;
+  }
+  if (keyFile.warning) log.warn(keyFile.warning);
+  return { ...flags, keys: prepareKeys(keyFile.bytes) };
+}
+
+const PIPE_HELP = `Usage: monopiped pipe -t ADDR|URL -k KEYFILE [options]
+
+The client end (-e) for one connection whose plain side is standard input and output, as spiped's
+spipe: stdin goes encrypted to the server end at -t, and what the server end's target answers comes
+out on stdout. End of stdin is passed on as end of stream; the reply still comes back. Exits 0 when
+the connection ended cleanly, 1 when it could not be made or broke (stderr says why), 2 on a usage
+error. Takes the options of the client end (-t, -k, --protocol, -o, -b, -j, --log-level,
+--log-format and the WebSocket client options; see monopiped --help), logging warnings only by
+default.
+
+Example, ssh without a local port (the server end runs monopiped -d in front of sshd):
+  ssh -o ProxyCommand='monopiped pipe -t server.example.com:2222 -k key.bin' server.example.com
+`;
+
+/** `monopiped pipe`: one tunneled connection on standard input/output. */
+async function pipe(argv: string[]): Promise<number> {
+  const { values } = parse(argv, RUN_OPTIONS);
+  if (values.help || argv.length === 0) {
+    process.stdout.write(PIPE_HELP);
+    return 0;
+  }
+  const flags = parseRunArgs(argv, "pipe");
+  if (flags.keyPath === "-")
+    throw new UsageError("-k/--key -: standard input carries the data in monopiped pipe; give a key file");
+  const log = createLogger(flags.logLevel, flags.logFormat);
+  const cfg = withKeys(flags, log);
+  if (!cfg) return 1;
+  for (const warning of wsClientWarnings(cfg)) log.warn(warning);
+  const stdio = new StdioLink();
+  const clean = await new Tunnel(cfg, log).serveOne(stdio);
+  await stdio.flushed();
+  return clean ? 0 : 1;
+}
+
 function keygen(argv: string[]): number {
   const { values, positionals } = parse(
     argv,
@@ -404,6 +484,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (argv[0]) {
       case "keygen":
         return keygen(argv.slice(1));
+      case "pipe":
+        return await pipe(argv.slice(1));
       case "demo":
         return (await import("./demo.js")).demo(argv.slice(1));
       case "bench":

@@ -1,5 +1,5 @@
 /** The one validated configuration the CLI builds from flags; everything else reads only this. */
-import type { SocketAddress, WsAddress } from "./address.js";
+import type { SocketAddress, StdioAddress, WsAddress } from "./address.js";
 import type { LogFormat, LogLevel } from "./log.js";
 import type { Keys, ProtocolChoice } from "./protocol/index.js";
 
@@ -23,7 +23,8 @@ export interface WsClientOptions {
 
 export interface Config {
   mode: Mode;
-  listen: SocketAddress;
+  /** Where plain (-e) or encrypted (-d) connections are accepted; stdio for `monopiped pipe`. */
+  listen: SocketAddress | StdioAddress;
   target: SocketAddress | WsAddress;
   /** -d -w: the listener accepts WebSocket upgrades. */
   wsListen: boolean;

@@ -124,6 +124,14 @@ export class Tunnel {
     void this.serve(link).finally(() => this.release(link));
   }
 
+  /**
+   * Serve one connection whose plain side is already open (`monopiped pipe`: standard input and
+   * output), without a listener. Resolves true when it ended cleanly.
+   */
+  serveOne(plain: Link): Promise<boolean> {
+    return this.serve(plain);
+  }
+
   private release(link: Link): void {
     this.active.delete(link);
     const next = this.waiting.shift();
@@ -132,7 +140,8 @@ export class Tunnel {
     if (this.active.size === 0) for (const cb of this.idle.splice(0)) cb();
   }
 
-  private async serve(accepted: Link): Promise<void> {
+  /** One connection from accept to close; resolves true when it ended cleanly. */
+  private async serve(accepted: Link): Promise<boolean> {
     const id = ++this.seq;
     const started = Date.now();
     const peer = accepted.peer;
@@ -187,7 +196,7 @@ export class Tunnel {
         { peer, protocol: session?.protocol, durationMs: Date.now() - started, reason },
         `connection failed: ${reason}`,
       );
-      return;
+      return false;
     }
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
@@ -202,6 +211,7 @@ export class Tunnel {
       },
       result.clean ? "connection closed" : `connection ended: ${result.reason}`,
     );
+    return result.clean;
   }
 
   private async handshake(link: Link, role: "client" | "server", log: Logger): Promise<Established> {

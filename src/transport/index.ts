@@ -10,12 +10,14 @@ import { boundAddress, dialSocket, listenSocket, SocketLink, tuneSocket } from "
 import { dialWebSocket, listenWebSocket } from "./ws.js";
 
 export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
-  if (cfg.wsListen) return listenWebSocket(cfg, log, onLink);
-  const server = await listenSocket(cfg.listen, (socket) => {
-    if (cfg.listen.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
+  const at = cfg.listen;
+  if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
+  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink);
+  const server = await listenSocket(at, (socket) => {
+    if (at.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
     onLink(new SocketLink(socket));
   });
-  return { address: boundAddress(server, cfg.listen), close: () => server.close() };
+  return { address: boundAddress(server, at), close: () => server.close() };
 }
 
 /** Connect to a plain or encrypted peer given by a socket address. */

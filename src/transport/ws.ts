@@ -4,7 +4,7 @@ import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import WebSocket, { type ClientOptions, WebSocketServer } from "ws";
-import type { WsAddress } from "../address.js";
+import type { SocketAddress, WsAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { Link, Listener } from "./link.js";
@@ -42,6 +42,7 @@ export function forwardedFor(headers: http.IncomingHttpHeaders): string | undefi
 
 export async function listenWebSocket(
   cfg: Config,
+  at: SocketAddress,
   log: Logger,
   onLink: (link: Link) => void,
 ): Promise<Listener> {
@@ -176,9 +177,9 @@ export async function listenWebSocket(
     );
   });
 
-  await bindServer(server, cfg.listen);
+  await bindServer(server, at);
   server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
-  return { address: boundAddress(server, cfg.listen), close: () => server.close() };
+  return { address: boundAddress(server, at), close: () => server.close() };
 }
 
 // ---------------------------------------------------------------------------------------------

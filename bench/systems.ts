@@ -5,7 +5,7 @@
  */
 import { accessSync, constants, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
-import { CLI_PATH } from "../src/harness.js";
+import { CLI_PATH, RUNTIME_FLAGS } from "../src/harness.js";
 import { freePort, lastLine, type Proc, runProc, spawnProc, waitListening } from "./procs.js";
 
 export interface BenchEnv {
@@ -135,7 +135,7 @@ async function startOurEnd(
   const proc = spawnProc(
     name,
     process.execPath,
-    [...env.nodeArgs, CLI_PATH, ...args, "--log-format", "json"],
+    [...RUNTIME_FLAGS, ...env.nodeArgs, CLI_PATH, ...args, "--log-format", "json"],
     {
       watch: (line, stream) => {
         if (stream !== "stderr" || !line.startsWith("{")) return false;

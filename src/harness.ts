@@ -6,6 +6,14 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 export const CLI_PATH = fileURLToPath(new URL("./main.js", import.meta.url));
+/**
+ * The Node flags the `monopiped` command (bin/monopiped) runs with, for the ends that tests, the demo
+ * and the benchmark start with `node CLI_PATH`. --max-semi-space-size=1 caps V8's young generation
+ * at 1 MiB per semi-space: without it V8 grows it to 16-32 MiB of resident memory while connections
+ * are set up, memory an idle tunnel never needs (at 1,000 idle connections it halves the memory per
+ * connection; docs/BENCHMARKS.md).
+ */
+export const RUNTIME_FLAGS = ["--max-semi-space-size=1"];
 
 export interface LogLine {
   level: number;
@@ -37,10 +45,14 @@ export function startEnd(
   args: string[],
   opts: { nodePath?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<RunningEnd> {
-  const child = spawn(opts.nodePath ?? process.execPath, [CLI_PATH, ...args, "--log-format", "json"], {
-    stdio: ["ignore", "inherit", "pipe"],
-    env: opts.env ?? process.env,
-  });
+  const child = spawn(
+    opts.nodePath ?? process.execPath,
+    [...RUNTIME_FLAGS, CLI_PATH, ...args, "--log-format", "json"],
+    {
+      stdio: ["ignore", "inherit", "pipe"],
+      env: opts.env ?? process.env,
+    },
+  );
   const logs: LogLine[] = [];
   const waiters: { pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
   let stderrText = "";

@@ -4,10 +4,10 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { CLI_PATH, startEnd } from "../../src/harness.js";
+import { CLI_PATH, RUNTIME_FLAGS, startEnd } from "../../src/harness.js";
 import {
   connect,
   echoHandler,
@@ -186,6 +186,24 @@ describe("help and version", () => {
     const { version } = JSON.parse(readFileSync(join(CLI_PATH, "../../../package.json"), "utf8"));
     assert.equal(cli("--version").out.trim(), `monopiped ${version}`);
     assert.equal(cli("-v").out.trim(), `monopiped ${version}`);
+  });
+  it("the installed command (bin/monopiped, reached through a symlink as npm links it) runs with RUNTIME_FLAGS", () => {
+    const bin = join(CLI_PATH, "../../../bin/monopiped");
+    for (const flag of RUNTIME_FLAGS)
+      assert.ok(readFileSync(bin, "utf8").includes(flag), `bin/monopiped has ${flag}`);
+    const link = join(dir, "monopiped");
+    symlinkSync(bin, link);
+    const r = spawnSync(link, ["--version"], { encoding: "utf8", timeout: 20_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^monopiped \d+\.\d+\.\d+/);
+    const usage = spawnSync(link, ["pipe", "-l", "x"], { encoding: "utf8", timeout: 20_000 });
+    assert.equal(usage.status, 2, "arguments and the exit status pass through the wrapper");
+  });
+  it("pipe --help teaches spipe-style use", () => {
+    const r = cli("pipe", "--help");
+    assert.equal(r.code, 0);
+    assert.match(r.out, /ProxyCommand='monopiped pipe -t server\.example\.com:2222 -k key\.bin'/);
+    assert.match(r.out, /standard input/);
   });
 });
 

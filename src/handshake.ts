@@ -67,7 +67,10 @@ export function runHandshake(
           ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or not a monopiped peer)`
           : `handshake failed: connection to ${peerName} ${err ? `failed: ${err.message}` : "closed"}`,
       );
-    const timer = setTimeout(() => failWith(`handshake timeout after ${timeoutMs / 1000} s`), timeoutMs);
+    const timer = setTimeout(() => {
+      const hint = hs.stallHint?.();
+      failWith(`handshake timeout after ${timeoutMs / 1000} s${hint ? ` (${hint})` : ""}`);
+    }, timeoutMs);
 
     link.on("data", onData);
     link.on("end", onEnd);

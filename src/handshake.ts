@@ -59,12 +59,12 @@ export function runHandshake(
     };
     const onEnd = () =>
       failWith(
-        `handshake failed: ${peerName} closed the connection during the handshake (wrong key, or not a monopiped peer)`,
+        `handshake failed: ${peerName} closed the connection during the handshake (wrong key, or a different protocol or settings)`,
       );
     const onClose = (err?: Error & { code?: string }) =>
       failWith(
         err?.code === "ECONNRESET"
-          ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or not a monopiped peer)`
+          ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or a different protocol or settings)`
           : `handshake failed: connection to ${peerName} ${err ? `failed: ${err.message}` : "closed"}`,
       );
     const timer = setTimeout(() => {

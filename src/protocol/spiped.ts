@@ -107,7 +107,7 @@ class PacketKeys {
   exhausted = false;
   private readonly ecb: Cipher;
   private counters = Buffer.alloc(0);
-  private countersView = new DataView(this.counters.buffer);
+  private counterWords = new Uint32Array(0);
   private readonly pnumBytes = Buffer.alloc(8);
   // A KeyObject, made once: createHmac with a raw Buffer key costs ~50% more per packet.
   private readonly macKey: KeyObject;
@@ -132,14 +132,16 @@ class PacketKeys {
   keystream(count: number): Buffer {
     const size = count * KS_STRIDE;
     if (this.counters.length < size) this.growCounters(size);
-    const view = this.countersView;
+    const words = this.counterWords;
     let hi = this.hi;
     let lo = this.lo;
     for (let k = 0; k < count; k++) {
-      const base = k * KS_STRIDE;
-      for (let j = 0; j < KS_BLOCKS; j++) {
-        view.setUint32(base + j * 16, hi);
-        view.setUint32(base + j * 16 + 4, lo);
+      // The pnum half of each of the packet's 65 counter blocks, as host-order words of big-endian bytes.
+      const h = toBigEndianWord(hi);
+      const l = toBigEndianWord(lo);
+      for (let w = (k * KS_STRIDE) >>> 2, end = w + KS_BLOCKS * 4; w < end; w += 4) {
+        words[w] = h;
+        words[w + 1] = l;
       }
       if (++lo === U32) {
         lo = 0;
@@ -174,30 +176,41 @@ class PacketKeys {
   }
 
   private growCounters(size: number): void {
-    const grown = Buffer.alloc(Math.max(size, 2 * this.counters.length));
-    const view = new DataView(grown.buffer, grown.byteOffset, grown.length);
+    const grown = Buffer.from(new ArrayBuffer(Math.max(size, 2 * this.counters.length)));
+    const view = new DataView(grown.buffer);
     // The block-index half of every counter block never changes: write it once.
     for (let base = 0; base + KS_STRIDE <= grown.length; base += KS_STRIDE) {
       for (let j = 0; j < KS_BLOCKS; j++) view.setUint32(base + j * 16 + 12, j);
     }
     this.counters = grown;
-    this.countersView = view;
+    this.counterWords = new Uint32Array(grown.buffer);
   }
 }
 
-/** dst[dstAt..+len] ^= src[srcAt..+len]; 32 bits at a time where both sides are aligned. */
-function xorInto(dst: Buffer, dstAt: number, src: Buffer, srcAt: number, len: number): void {
-  const d = dst.byteOffset + dstAt;
-  const s = src.byteOffset + srcAt;
-  if ((d & 3) === 0 && (s & 3) === 0) {
-    const words = len >>> 2;
-    const dw = new Int32Array(dst.buffer, d, words);
-    const sw = new Int32Array(src.buffer, s, words);
-    for (let i = 0; i < words; i++) dw[i] ^= sw[i];
-    for (let i = words << 2; i < len; i++) dst[dstAt + i] ^= src[srcAt + i];
-    return;
-  }
-  for (let i = 0; i < len; i++) dst[dstAt + i] ^= src[srcAt + i];
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** The host-order word whose bytes in memory are `v` big-endian. */
+function toBigEndianWord(v: number): number {
+  if (!LITTLE_ENDIAN) return v;
+  return (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+}
+
+/** A view of a buffer's bytes as 32-bit words; the buffer must start 4-byte aligned. */
+function wordsOf(b: Buffer): Int32Array {
+  return new Int32Array(b.buffer, b.byteOffset, b.length >>> 2);
+}
+
+/** XOR of one packet's 1028 padded bytes (257 words) with its keystream, in place in `dst`. */
+function xorPacket(dst: Int32Array, dstWord: number, ks: Int32Array, ksWord: number): void {
+  for (let i = 0; i < PADDED_LEN >>> 2; i++) dst[dstWord + i] ^= ks[ksWord + i];
+}
+
+/** An aligned copy of `b` when it does not start on a 4-byte boundary (cipher output always does here). */
+function aligned(b: Buffer): Buffer {
+  if ((b.byteOffset & 3) === 0) return b;
+  const copy = Buffer.from(new ArrayBuffer(b.length));
+  b.copy(copy);
+  return copy;
 }
 
 class SpipedSealer implements RecordSealer {
@@ -209,15 +222,16 @@ class SpipedSealer implements RecordSealer {
     if (plain.length === 0) return []; // a packet must carry 1..1024 bytes
     const count = Math.ceil(plain.length / MAX_DATA);
     this.keys.reserve(count);
-    const ks = this.keys.keystream(count);
+    const ks = wordsOf(aligned(this.keys.keystream(count)));
     const wire = Buffer.allocUnsafeSlow(count * PACKET_LEN); // own ArrayBuffer: 4-byte aligned
+    const wireWords = wordsOf(wire);
     const packets: Buffer[] = new Array(count);
     for (let k = 0; k < count; k++) {
       const at = k * PACKET_LEN;
       const n = plain.copy(wire, at, k * MAX_DATA, Math.min(plain.length, (k + 1) * MAX_DATA));
       if (n < MAX_DATA) wire.fill(0, at + n, at + MAX_DATA);
       wire.writeUInt32BE(n, at + MAX_DATA);
-      xorInto(wire, at, ks, k * KS_STRIDE, PADDED_LEN);
+      xorPacket(wireWords, at >>> 2, ks, (k * KS_STRIDE) >>> 2);
       const enc = wire.subarray(at, at + PADDED_LEN);
       this.keys.mac(enc, k).copy(wire, at + PADDED_LEN);
       packets[k] = wire.subarray(at, at + PACKET_LEN);
@@ -276,20 +290,15 @@ class SpipedOpener implements RecordOpener {
         throw new ProtocolError("bad-record", "spiped packet did not authenticate");
       }
     }
-    const plain = this.keys.keystream(count); // decrypted in place below
+    const plain = aligned(this.keys.keystream(count)); // decrypted in place below
     this.keys.advance(count);
-    const aligned = (plain.byteOffset & 3) === 0;
-    let scratch: Buffer | null = null;
-    for (let k = 0; k < count; k++) {
-      let enc = packets[k].subarray(0, PADDED_LEN);
-      if (aligned && (enc.byteOffset & 3) !== 0) {
-        // Copying to an aligned spot (memcpy) and XORing by words beats XORing by bytes.
-        scratch ??= Buffer.allocUnsafeSlow(PADDED_LEN);
-        enc.copy(scratch);
-        enc = scratch;
-      }
-      xorInto(plain, k * KS_STRIDE, enc, 0, PADDED_LEN);
-    }
+    // The ciphertexts, copied (memcpy) to word-aligned places so the XOR runs by words.
+    const enc = Buffer.allocUnsafeSlow(count * KS_STRIDE);
+    for (let k = 0; k < count; k++) packets[k].copy(enc, k * KS_STRIDE, 0, PADDED_LEN);
+    const plainWords = wordsOf(plain);
+    const encWords = wordsOf(enc);
+    for (let k = 0; k < count; k++)
+      xorPacket(plainWords, (k * KS_STRIDE) >>> 2, encWords, (k * KS_STRIDE) >>> 2);
     // Lengths, and the data packed to the front of the buffer (never overlapping forwards).
     let total = 0;
     for (let k = 0; k < count; k++) {

@@ -138,19 +138,22 @@ describe("--protocol spiped with the real spiped", () => {
   it("half-close is carried through in both directions", async () => {
     const reply = randomBytes(500_000);
     const target = await fleet.server(replyAfterEnd(reply));
-    const d = await ours("-d", `127.0.0.1:${target.port}`);
-    const spipedE = await spiped("-e", d.address);
+    const [d, spipedD] = await Promise.all([
+      ours("-d", `127.0.0.1:${target.port}`),
+      spiped("-d", `127.0.0.1:${target.port}`),
+    ]);
+    const [spipedE, e] = await Promise.all([spiped("-e", d.address), ours("-e", spipedD.address)]);
     await halfClose(spipedE.port, reply);
-    const spipedD = await spiped("-d", `127.0.0.1:${target.port}`);
-    const e = await ours("-e", spipedD.address);
     await halfClose(e.port, reply);
   });
 
   it("a wrong key is dropped at the handshake, logged, never reaches our target; the next client is served", async () => {
     const target = await fleet.server(echoHandler);
-    const d = await ours("-d", `127.0.0.1:${target.port}`);
-    const wrong = await spiped("-e", d.address, [], otherKey);
-    const good = await spiped("-e", d.address);
+    const [d, spipedD] = await Promise.all([
+      ours("-d", `127.0.0.1:${target.port}`),
+      spiped("-d", `127.0.0.1:${target.port}`),
+    ]);
+    const [wrong, good] = await Promise.all([spiped("-e", d.address, [], otherKey), spiped("-e", d.address)]);
     await refused(wrong.port);
     const line = await d.waitForLog((l) => l.msg.startsWith("connection failed"));
     assert.match(String(line.reason), /spiped DH message did not authenticate \(wrong key file/);
@@ -160,7 +163,6 @@ describe("--protocol spiped with the real spiped", () => {
     assert.equal(target.accepted, 1);
 
     // And our client with the wrong key against the real spiped -d.
-    const spipedD = await spiped("-d", `127.0.0.1:${target.port}`);
     const e = await fleet.end([
       "-e",
       "-l",
@@ -183,28 +185,34 @@ describe("--protocol spiped with the real spiped", () => {
   it("-f against -g is refused; -f against a PFS peer works", async () => {
     const target = await fleet.server(echoHandler);
     const data = randomBytes(200_000);
+    const to = `127.0.0.1:${target.port}`;
+    const [strict, loose, dStrict, dLoose] = await Promise.all([
+      spiped("-d", to, ["-g"]),
+      spiped("-d", to, ["-f"]),
+      ours("-d", to, ["-g"]),
+      ours("-d", to, ["-f"]),
+    ]);
+    const [noPfs, pfs, eNoPfs, ePfs] = await Promise.all([
+      ours("-e", strict.address, ["-f"]),
+      ours("-e", loose.address),
+      spiped("-e", dStrict.address, ["-f"]),
+      spiped("-e", dLoose.address),
+    ]);
     // our -e -f -> spiped -d -g: refused.
-    const strict = await spiped("-d", `127.0.0.1:${target.port}`, ["-g"]);
-    const noPfs = await ours("-e", strict.address, ["-f"]);
     await refused(noPfs.port);
     assert.match(
       String((await noPfs.waitForLog((l) => l.msg.startsWith("connection failed"))).reason),
       /during the handshake/,
     );
     // our -e (PFS) -> spiped -d -f: works.
-    const loose = await spiped("-d", `127.0.0.1:${target.port}`, ["-f"]);
-    const pfs = await ours("-e", loose.address);
     assert.ok((await echoRoundTrip(pfs.port, data)).equals(data));
-    // spiped -e -f -> our -d -g: refused, and said why; our -d -f <- spiped -e (PFS) works.
-    const dStrict = await ours("-d", `127.0.0.1:${target.port}`, ["-g"]);
+    // spiped -e -f -> our -d -g: refused, and said why, without a connection to the target.
     const accepted = target.accepted;
-    const eNoPfs = await spiped("-e", dStrict.address, ["-f"]);
     await refused(eNoPfs.port);
     const line = await dStrict.waitForLog((l) => l.msg.startsWith("connection failed"));
     assert.match(String(line.reason), /does not use forward secrecy/);
     assert.equal(target.accepted, accepted, "never connected to the target");
-    const dLoose = await ours("-d", `127.0.0.1:${target.port}`, ["-f"]);
-    const ePfs = await spiped("-e", dLoose.address);
+    // spiped -e (PFS) -> our -d -f: works.
     assert.ok((await echoRoundTrip(ePfs.port, data)).equals(data));
   });
 });

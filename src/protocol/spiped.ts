@@ -106,8 +106,8 @@ class PacketKeys {
   /** Set once packet number 2^64 − 1 has been used: no further packet may be sealed or opened. */
   exhausted = false;
   private readonly ecb: Cipher;
-  private counters = Buffer.alloc(0);
-  private counterWords = new Uint32Array(0);
+  private counters: Buffer = Buffer.alloc(0);
+  private counterWords: Uint32Array = new Uint32Array(0);
   private readonly pnumBytes = Buffer.alloc(8);
   // A KeyObject, made once: createHmac with a raw Buffer key costs ~50% more per packet.
   private readonly macKey: KeyObject;
@@ -132,7 +132,8 @@ class PacketKeys {
   keystream(count: number): Buffer {
     const size = count * KS_STRIDE;
     if (this.counters.length < size) this.growCounters(size);
-    const words = this.counterWords;
+    const counters = this.counters.length >= size ? this.counters : counterBlocks(size);
+    const words = counters === this.counters ? this.counterWords : new Uint32Array(counters.buffer);
     let hi = this.hi;
     let lo = this.lo;
     for (let k = 0; k < count; k++) {
@@ -148,7 +149,7 @@ class PacketKeys {
         hi++;
       }
     }
-    return this.ecb.update(this.counters.subarray(0, size));
+    return this.ecb.update(counters.subarray(0, size));
   }
 
   /** HMAC(H, enc ‖ be64(pnum)) for packet `k` past the current counter. */
@@ -175,16 +176,25 @@ class PacketKeys {
     }
   }
 
+  /** Keeps counter blocks for up to 64 packets (one 64 KiB read); larger calls get their own. */
   private growCounters(size: number): void {
-    const grown = Buffer.from(new ArrayBuffer(Math.max(size, 2 * this.counters.length)));
-    const view = new DataView(grown.buffer);
-    // The block-index half of every counter block never changes: write it once.
-    for (let base = 0; base + KS_STRIDE <= grown.length; base += KS_STRIDE) {
-      for (let j = 0; j < KS_BLOCKS; j++) view.setUint32(base + j * 16 + 12, j);
-    }
-    this.counters = grown;
-    this.counterWords = new Uint32Array(grown.buffer);
+    const keep = Math.min(Math.max(size, 2 * this.counters.length), MAX_KEPT_PACKETS * KS_STRIDE);
+    if (keep <= this.counters.length) return;
+    this.counters = counterBlocks(keep);
+    this.counterWords = new Uint32Array(this.counters.buffer);
   }
+}
+
+const MAX_KEPT_PACKETS = 64;
+
+/** Room for counter blocks of size / KS_STRIDE packets, with the block-index half written (it never changes). */
+function counterBlocks(size: number): Buffer {
+  const blocks = Buffer.from(new ArrayBuffer(size));
+  const view = new DataView(blocks.buffer);
+  for (let base = 0; base + KS_STRIDE <= size; base += KS_STRIDE) {
+    for (let j = 0; j < KS_BLOCKS; j++) view.setUint32(base + j * 16 + 12, j);
+  }
+  return blocks;
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;

@@ -341,7 +341,8 @@ describe("spiped packets", () => {
       assert.equal(server.opener.buffered, 0);
       assert.ok(got.equals(data), `length ${n}`);
     }
-    for (const n of [1023, 1024, 1025, 4096]) {
+    // Boundaries, and calls of more packets than the keystream's kept counter blocks (64).
+    for (const n of [1023, 1024, 1025, 4096, 65536, 70_000, 300_000, 1]) {
       const data = randomBytes(n);
       assert.ok(dataOf(client.opener.push(Buffer.concat(server.sealer.seal(data)))).equals(data), `${n}`);
     }

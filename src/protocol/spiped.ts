@@ -302,13 +302,26 @@ class SpipedOpener implements RecordOpener {
     }
     const plain = aligned(this.keys.keystream(count)); // decrypted in place below
     this.keys.advance(count);
-    // The ciphertexts, copied (memcpy) to word-aligned places so the XOR runs by words.
-    const enc = Buffer.allocUnsafeSlow(count * KS_STRIDE);
-    for (let k = 0; k < count; k++) packets[k].copy(enc, k * KS_STRIDE, 0, PADDED_LEN);
+    // XOR by words, straight from where the ciphertext arrived when it is word-aligned (the usual
+    // case: reads are multiples of 4 bytes, and so are packets); otherwise from an aligned copy.
     const plainWords = wordsOf(plain);
-    const encWords = wordsOf(enc);
-    for (let k = 0; k < count; k++)
-      xorPacket(plainWords, (k * KS_STRIDE) >>> 2, encWords, (k * KS_STRIDE) >>> 2);
+    let source: ArrayBufferLike | null = null;
+    let sourceWords: Int32Array | null = null;
+    let scratch: Buffer | null = null;
+    for (let k = 0; k < count; k++) {
+      const p = packets[k];
+      if ((p.byteOffset & 3) === 0) {
+        if (p.buffer !== source) {
+          source = p.buffer;
+          sourceWords = new Int32Array(source, 0, source.byteLength >>> 2);
+        }
+        xorPacket(plainWords, (k * KS_STRIDE) >>> 2, sourceWords as Int32Array, p.byteOffset >>> 2);
+      } else {
+        scratch ??= Buffer.allocUnsafeSlow(PADDED_LEN);
+        p.copy(scratch, 0, 0, PADDED_LEN);
+        xorPacket(plainWords, (k * KS_STRIDE) >>> 2, wordsOf(scratch), 0);
+      }
+    }
     // Lengths, and the data packed to the front of the buffer (never overlapping forwards).
     let total = 0;
     for (let k = 0; k < count; k++) {

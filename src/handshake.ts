@@ -38,9 +38,10 @@ export function runHandshake(
       try {
         const out = hs.receive(chunk);
         if (link.messageFramed && !hs.session && hs.buffered !== 0) {
+          const hint = hs.stallHint?.();
           throw new ProtocolError(
             "bad-framing",
-            "a WebSocket message did not hold one whole handshake message",
+            `a WebSocket message did not hold one whole handshake message${hint ? ` (${hint})` : ""}`,
           );
         }
         if (out.length > 0) link.send(out);

@@ -270,6 +270,21 @@ describe("--protocol spiped between our own ends", () => {
     await refused(e.port);
     const line = await d.waitForLog((l) => l.msg.startsWith("connection failed"));
     assert.match(String(line.reason), /a spiped client\? serve it with --protocol spiped/);
+    // Over WebSocket the 32-byte message is refused at once, with the same hint.
+    const dWs = await fleet.end([
+      "-d",
+      "-w",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${target.port}`,
+      "-k",
+      key,
+    ]);
+    const eWs = await ours("-e", `ws://${dWs.address}/`);
+    await refused(eWs.port);
+    const wsLine = await dWs.waitForLog((l) => l.msg.startsWith("connection failed"));
+    assert.match(String(wsLine.reason), /a spiped client\? serve it with --protocol spiped/);
     assert.equal(target.accepted, 0);
   });
 });

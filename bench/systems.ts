@@ -1,7 +1,7 @@
 /**
  * The systems under test. Each one starts, on loopback, a relay pair (client end -> server end ->
  * target) and says which port the load generator connects to and which processes are the two ends.
- * Adding a system (e.g. a spiped-protocol mode) is one entry in SYSTEMS.
+ * Adding a system is one entry in SYSTEMS.
  */
 import { accessSync, constants, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
@@ -182,8 +182,10 @@ function ours(protocol: string, transport: "tcp" | "ws", extra: Partial<SystemDe
     transport,
     unavailable: () => null,
     async start(env, targetPort) {
-      // The server end runs with its default --protocol (auto: serves every protocol), as deployed.
+      // The server end runs with its default --protocol (auto: serves every protocol), as deployed;
+      // spiped cannot be detected, so its server end is told.
       const common = ["-k", env.keyFile, "-n", "0", "--grace", "2"];
+      const serverProtocol = protocol === "spiped" ? ["--protocol", "spiped"] : [];
       const server = await startOurEnd(`${protocol}/${transport} -d`, env, [
         "-d",
         "-l",
@@ -191,6 +193,7 @@ function ours(protocol: string, transport: "tcp" | "ws", extra: Partial<SystemDe
         "-t",
         `127.0.0.1:${targetPort}`,
         ...(transport === "ws" ? ["-w"] : []),
+        ...serverProtocol,
         ...common,
       ]);
       let client: { proc: Proc; address: string };
@@ -371,8 +374,7 @@ export const SYSTEMS: SystemDef[] = [
   ours("monopiped1", "tcp", { compat: true }),
   ours("monopiped2", "ws"),
   ours("monopiped1", "ws", { compat: true }),
-  // The spiped-protocol mode, once it lands, is one more line:
-  //   ours("spiped", "tcp", { compat: true }),
+  ours("spiped", "tcp", { compat: true, id: "spiped-protocol", label: "monopiped (spiped protocol)/TCP" }),
 ];
 
 /** Pick systems by --only: each name matches an id exactly or as a prefix ("monopiped" = all ours). */

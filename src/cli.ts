@@ -8,7 +8,7 @@
  *   monopiped bench [options]                                 benchmark (see docs/BENCHMARKS.md)
  *
  * The flags are those of the original monopiped (-l/--listener -t -e -d -k -w) and of spiped (-s -t -k
- * -e -d -n -o -b -F -j -p -v), so either tool's command line works unchanged. A usage error exits 2
+ * -e -d -n -o -b -F -j -p -f -g -v), so either tool's command line works unchanged. A usage error exits 2
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
 import { readFileSync, unlinkSync, writeFileSync } from "node:fs";
@@ -60,8 +60,12 @@ Required:
 Options:
   -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
       --protocol NAME        monopiped2 (default), monopiped1 (alias v1: the original Rust
-                             monopiped's wire format), auto (-d only, the default there:
-                             serves monopiped2 and monopiped1 clients)
+                             monopiped's wire format), spiped (spiped 1.6's wire format, to
+                             work with a real spiped at the other end), auto (-d only, the
+                             default there: serves monopiped2 and monopiped1 clients; it
+                             cannot detect spiped clients: serve those with --protocol spiped)
+  -f, --no-pfs               --protocol spiped: no forward secrecy (as spiped -f)
+  -g, --require-pfs          --protocol spiped: refuse a peer without forward secrecy (spiped -g)
   -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
   -o, --timeout SECONDS      handshake and connect timeout (default 5)
       --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
@@ -113,6 +117,8 @@ const RUN_OPTIONS = {
   key: { type: "string", short: "k" },
   ws: { type: "boolean", short: "w" },
   protocol: { type: "string" },
+  "no-pfs": { type: "boolean", short: "f" },
+  "require-pfs": { type: "boolean", short: "g" },
   "max-conns": { type: "string", short: "n" },
   timeout: { type: "string", short: "o" },
   grace: { type: "string" },
@@ -276,9 +282,15 @@ export function parseRunArgs(
   const protocolText = v.protocol ?? (mode === "decrypt" ? "auto" : "monopiped2");
   const protocol = PROTOCOL_ALIASES[protocolText.toLowerCase()];
   if (!protocol)
-    throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1) or auto`);
+    throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1), spiped or auto`);
   if (protocol === "auto" && mode === "encrypt")
     throw new UsageError("--protocol auto: only a -d server can detect the protocol; a client picks one");
+  if (v["no-pfs"] && v["require-pfs"])
+    throw new UsageError("-f/--no-pfs and -g/--require-pfs contradict each other: give one");
+  for (const flag of ["no-pfs", "require-pfs"] as const) {
+    if (v[flag] && protocol !== "spiped")
+      throw new UsageError(`${flagName(flag)} applies to --protocol spiped only`);
+  }
 
   const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter(
     (k) => v[k] !== undefined,
@@ -318,6 +330,7 @@ export function parseRunArgs(
     target,
     wsListen: Boolean(v.ws),
     protocol,
+    spiped: { noPfs: Boolean(v["no-pfs"]), requirePfs: Boolean(v["require-pfs"]) },
     keyPath: v.key,
     maxConns: number(
       v["max-conns"],

@@ -2,6 +2,7 @@
 import type { SocketAddress, StdioAddress, WsAddress } from "./address.js";
 import type { LogFormat, LogLevel } from "./log.js";
 import type { Keys, ProtocolChoice } from "./protocol/index.js";
+import type { SpipedOptions } from "./protocol/spiped.js";
 
 export type Mode = "encrypt" | "decrypt";
 
@@ -30,6 +31,8 @@ export interface Config {
   wsListen: boolean;
   protocol: ProtocolChoice;
   keys: Keys;
+  /** --protocol spiped: -f (no forward secrecy) and -g (require it from the peer). */
+  spiped?: SpipedOptions;
   maxConns: number;
   timeoutMs: number;
   graceMs: number;

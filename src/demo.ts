@@ -87,7 +87,10 @@ export async function demo(argv: string[]): Promise<number> {
   const ends: RunningEnd[] = [];
   try {
     const targetPort = (target.address() as net.AddressInfo).port;
-    const server = await startEnd(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${targetPort}`, "-k", key]);
+    // The server's default (auto) serves monopiped2 and monopiped1; a spiped client needs it said.
+    const serverArgs = ["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${targetPort}`, "-k", key];
+    if (values.protocol?.toLowerCase() === "spiped") serverArgs.push("--protocol", "spiped");
+    const server = await startEnd(serverArgs);
     ends.push(server);
     const clientArgs = ["-e", "-l", "127.0.0.1:0", "-t", server.address, "-k", key];
     if (values.protocol) clientArgs.push("--protocol", values.protocol);

@@ -38,9 +38,10 @@ export function runHandshake(
       try {
         const out = hs.receive(chunk);
         if (link.messageFramed && !hs.session && hs.buffered !== 0) {
+          const hint = hs.stallHint?.();
           throw new ProtocolError(
             "bad-framing",
-            "a WebSocket message did not hold one whole handshake message",
+            `a WebSocket message did not hold one whole handshake message${hint ? ` (${hint})` : ""}`,
           );
         }
         if (out.length > 0) link.send(out);
@@ -59,15 +60,18 @@ export function runHandshake(
     };
     const onEnd = () =>
       failWith(
-        `handshake failed: ${peerName} closed the connection during the handshake (wrong key, or not a monopiped peer)`,
+        `handshake failed: ${peerName} closed the connection during the handshake (wrong key, or a different protocol or settings)`,
       );
     const onClose = (err?: Error & { code?: string }) =>
       failWith(
         err?.code === "ECONNRESET"
-          ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or not a monopiped peer)`
+          ? `handshake failed: ${peerName} reset the connection during the handshake (wrong key, or a different protocol or settings)`
           : `handshake failed: connection to ${peerName} ${err ? `failed: ${err.message}` : "closed"}`,
       );
-    const timer = setTimeout(() => failWith(`handshake timeout after ${timeoutMs / 1000} s`), timeoutMs);
+    const timer = setTimeout(() => {
+      const hint = hs.stallHint?.();
+      failWith(`handshake timeout after ${timeoutMs / 1000} s${hint ? ` (${hint})` : ""}`);
+    }, timeoutMs);
 
     link.on("data", onData);
     link.on("end", onEnd);

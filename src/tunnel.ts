@@ -31,6 +31,7 @@ export class Tunnel {
   private limitWarned = false;
   private stopping = false;
   private warnedV1 = false;
+  private notedSpiped = false;
   private readonly idle: (() => void)[] = [];
 
   constructor(
@@ -215,7 +216,7 @@ export class Tunnel {
   }
 
   private async handshake(link: Link, role: "client" | "server", log: Logger): Promise<Established> {
-    const hs = createHandshake(role, this.cfg.protocol, this.cfg.keys);
+    const hs = createHandshake(role, this.cfg.protocol, this.cfg.keys, this.cfg.spiped);
     const peerName = role === "client" ? `server ${this.cfg.target.text}` : `client ${link.peer}`;
     const est = await runHandshake(link, hs, this.cfg.timeoutMs, peerName);
     log.debug({ protocol: est.session.protocol }, "handshake complete");
@@ -223,6 +224,12 @@ export class Tunnel {
       this.warnedV1 = true;
       log.warn(
         "serving the original monopiped protocol (monopiped1): its handshake reuses a nonce and its end of stream is not authenticated; see docs/SECURITY.md",
+      );
+    }
+    if (est.session.protocol === "spiped" && !this.notedSpiped) {
+      this.notedSpiped = true;
+      log.info(
+        `speaking the spiped protocol${this.cfg.spiped?.noPfs ? " without forward secrecy (-f)" : ""}: its end of stream is not authenticated; see docs/SECURITY.md`,
       );
     }
     return est;

@@ -12,6 +12,7 @@ import { monopiped2Handshake } from "./monopiped2.js";
 import type { Handshake, Session } from "./types.js";
 
 const FIRST_MESSAGE_LEN = 48;
+const SPIPED_NONCE_LEN = 32;
 
 class AutoServerHandshake implements Handshake {
   private readonly queue = new ByteQueue();
@@ -57,6 +58,12 @@ class AutoServerHandshake implements Handshake {
 
   takeRest(): Buffer {
     return this.chosen ? this.chosen.takeRest() : Buffer.alloc(0);
+  }
+
+  // A spiped client sends its 32-byte nonce and waits for ours: auto-detection cannot serve it.
+  stallHint(): string | undefined {
+    if (this.chosen || this.queue.length !== SPIPED_NONCE_LEN) return undefined;
+    return "the client sent 32 bytes and waited: a spiped client? serve it with --protocol spiped";
   }
 }
 

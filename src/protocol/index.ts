@@ -2,11 +2,14 @@
  * Which handshake runs on a connection. Keys are derived once per process from the key file.
  * A server in "auto" mode serves both monopiped2 and the original monopiped (monopiped1) on one
  * listener: both clients open with a 48-byte message, so the server reads those 48 bytes before it
- * says anything and tries the monopiped1 key first, then monopiped2 (detect.ts).
+ * says anything and tries the monopiped1 key first, then monopiped2 (detect.ts). A spiped client
+ * sends 32 bytes and then waits for the server's nonce, so it cannot be detected: a server for
+ * spiped clients runs with --protocol spiped.
  */
 import { serverAutoHandshake } from "./detect.js";
 import { type Monopiped1Keys, monopiped1Handshake, monopiped1Keys } from "./monopiped1.js";
 import { monopiped2Handshake, monopiped2Psk } from "./monopiped2.js";
+import { type SpipedOptions, spipedHandshake, spipedKey } from "./spiped.js";
 import type { Handshake, ProtocolName, Role } from "./types.js";
 
 export type ProtocolChoice = "auto" | ProtocolName;
@@ -17,19 +20,32 @@ export const PROTOCOL_ALIASES: Record<string, ProtocolChoice> = {
   v2: "monopiped2",
   monopiped1: "monopiped1",
   v1: "monopiped1",
+  spiped: "spiped",
 };
 
 export interface Keys {
   monopiped2: Buffer;
   monopiped1: Monopiped1Keys;
+  spiped: Buffer;
 }
 
 export function prepareKeys(keyFile: Buffer): Keys {
-  return { monopiped2: monopiped2Psk(keyFile), monopiped1: monopiped1Keys(keyFile) };
+  return {
+    monopiped2: monopiped2Psk(keyFile),
+    monopiped1: monopiped1Keys(keyFile),
+    spiped: spipedKey(keyFile),
+  };
 }
 
-export function createHandshake(role: Role, choice: ProtocolChoice, keys: Keys): Handshake {
+export function createHandshake(
+  role: Role,
+  choice: ProtocolChoice,
+  keys: Keys,
+  spipedOptions: SpipedOptions = {},
+): Handshake {
   switch (choice) {
+    case "spiped":
+      return spipedHandshake(role, keys.spiped, spipedOptions);
     case "monopiped1":
       return monopiped1Handshake(role, keys.monopiped1);
     case "monopiped2":

@@ -69,4 +69,6 @@ export interface Handshake {
   takeRest(): Buffer;
   /** Bytes held of a handshake message not yet complete. */
   readonly buffered: number;
+  /** A hint for the log when the handshake times out, where the protocol can guess why. */
+  stallHint?(): string | undefined;
 }

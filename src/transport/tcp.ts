@@ -52,7 +52,19 @@ export class SocketLink extends EventEmitter implements Link {
       process.nextTick(this.uncork);
     }
     let ok = true;
-    for (const c of chunks) ok = this.socket.write(c);
+    for (let i = 0; i < chunks.length; ) {
+      const first = chunks[i++];
+      // Records a sealer wrote back to back into one allocation (spiped's and monopiped1's small
+      // fixed-size packets) go to the stream as one write instead of one per record.
+      let end = first.byteOffset + first.length;
+      const from = i;
+      while (i < chunks.length && chunks[i].buffer === first.buffer && chunks[i].byteOffset === end) {
+        end += chunks[i++].length;
+      }
+      ok = this.socket.write(
+        i === from ? first : Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset),
+      );
+    }
     return ok;
   }
 

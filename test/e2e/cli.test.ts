@@ -87,6 +87,21 @@ describe("usage errors exit 2 and name the flag", () => {
       /--protocol v9/,
     ],
     ["value missing", ["-e", "-l"], /-l.*needs a value/],
+    [
+      "-f and -g",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--protocol", "spiped", "-f", "-g"],
+      /-f\/--no-pfs and -g\/--require-pfs contradict/,
+    ],
+    [
+      "-f without spiped",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-f"],
+      /-f\/--no-pfs applies to --protocol spiped only/,
+    ],
+    [
+      "-g with the auto server",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-g"],
+      /-g\/--require-pfs applies to --protocol spiped only/,
+    ],
   ];
   for (const [name, args, pattern] of cases) {
     it(name, () => {

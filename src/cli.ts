@@ -8,7 +8,8 @@
  *   monopiped bench [options]                                 benchmark (see docs/BENCHMARKS.md)
  *
  * The flags are those of the original monopiped (-l/--listener -t -e -d -k -w) and of spiped (-s -t -k
- * -e -d -n -o -b -F -j -p -f -g -v), so either tool's command line works unchanged. A usage error exits 2
+ * -e -d -n -o -b -F -j -p -f -g -u -r -R -v), so either tool's command line works unchanged (-D and
+ * --syslog are refused with a message saying what to do instead). A usage error exits 2
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
 import { readFileSync, unlinkSync, writeFileSync } from "node:fs";
@@ -17,6 +18,7 @@ import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
 import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
 import { createLogger, LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
+import { dropPrivileges, parseRunAs, type RunAs } from "./privileges.js";
 import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
 import { StdioLink } from "./transport/stdio.js";
 import { wsClientWarnings } from "./transport/ws.js";
@@ -73,6 +75,9 @@ Options:
   -j, --no-keepalive         do not enable TCP keepalive
   -p, --pidfile FILE         write the process id to FILE
   -F, --foreground           accepted for spiped compatibility (monopiped never daemonizes)
+  -u, --user USER[:GROUP]    after binding, run as USER (and GROUP; or :GROUP alone), as spiped
+  -r, --resolve-interval S,  accepted for spiped compatibility: monopiped resolves the target's
+  -R, --no-resolve           name at every connection, never from a cache
       --log-level LEVEL      trace, debug, info (default), warn, error, silent
       --log-format FORMAT    text (default) or json; logs go to standard error
   -h, --help                 show this help
@@ -126,6 +131,11 @@ const RUN_OPTIONS = {
   "no-keepalive": { type: "boolean", short: "j" },
   pidfile: { type: "string", short: "p" },
   foreground: { type: "boolean", short: "F" },
+  user: { type: "string", short: "u" },
+  "resolve-interval": { type: "string", short: "r" },
+  "no-resolve": { type: "boolean", short: "R" },
+  daemon: { type: "boolean", short: "D" },
+  syslog: { type: "boolean" },
   "log-level": { type: "string" },
   "log-format": { type: "string" },
   help: { type: "boolean", short: "h" },
@@ -223,6 +233,7 @@ const NOT_FOR_PIPE = [
   "pidfile",
   "path",
   "trust-proxy",
+  "user",
 ] as const;
 
 /**
@@ -232,7 +243,7 @@ const NOT_FOR_PIPE = [
 export function parseRunArgs(
   argv: string[],
   flavour: "run" | "pipe" = "run",
-): Omit<Config, "keys"> & { keyPath: string; pidfile?: string } {
+): Omit<Config, "keys"> & { keyPath: string; pidfile?: string; runAs?: RunAs } {
   const { values: v } = parse(argv, RUN_OPTIONS);
   if (flavour === "pipe") {
     const wrong = NOT_FOR_PIPE.find((k) => v[k] !== undefined);
@@ -242,6 +253,26 @@ export function parseRunArgs(
       );
     v.encrypt = true;
     v.listen = "-";
+  }
+  if (v.daemon)
+    throw new UsageError(
+      "-D: monopiped does not daemonize; run it in the foreground under systemd, runit or a container supervisor (what spiped -F does)",
+    );
+  if (v.syslog)
+    throw new UsageError(
+      "--syslog: monopiped logs to standard error; let journald or the supervisor collect it (--log-format json for structured lines)",
+    );
+  // spiped's re-resolution flags: checked as spiped checks them, then nothing to do (see --help).
+  number(v["resolve-interval"], "-r/--resolve-interval", 60, (n) => n >= 0, "seconds >= 0");
+  if (v["no-resolve"] && v["resolve-interval"] !== undefined && Number(v["resolve-interval"]) !== 60)
+    throw new UsageError("-R/--no-resolve and -r/--resolve-interval contradict each other: give one");
+  let runAs: RunAs | undefined;
+  if (v.user !== undefined) {
+    try {
+      runAs = parseRunAs(v.user);
+    } catch (err) {
+      throw new UsageError(`-u/--user ${(err as Error).message}`);
+    }
   }
   if (v.encrypt && v.decrypt)
     throw new UsageError("-e/--encrypt and -d/--decrypt contradict each other: give one");
@@ -344,6 +375,7 @@ export function parseRunArgs(
     keepAlive: !v["no-keepalive"],
     bindHost: v.bind,
     pidfile: v.pidfile,
+    runAs,
     pingIntervalMs:
       number(v["ping-interval"], "--ping-interval", 30, (n) => n >= 0, "seconds >= 0 (0 = no pings)") * 1000,
     wsServer: { path: v.path, trustProxy: Boolean(v["trust-proxy"]) },
@@ -383,6 +415,16 @@ async function run(argv: string[]): Promise<number> {
     return 1;
   }
   if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
+  if (flags.runAs) {
+    try {
+      dropPrivileges(flags.runAs);
+      log.info({ user: flags.runAs.user, group: flags.runAs.group }, "dropped privileges (-u)");
+    } catch (err) {
+      process.stderr.write(`monopiped: ${(err as Error).message}\n`);
+      await tunnel.stop(0);
+      return 1;
+    }
+  }
   tunnel.logListening();
 
   return new Promise<number>((resolve) => {

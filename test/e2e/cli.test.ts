@@ -72,6 +72,26 @@ describe("usage errors exit 2 and name the flag", () => {
       /-l\/--listen and -s\/--source/,
     ],
     [
+      "-D (daemonize)",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-D"],
+      /-D: .*does not daemonize/,
+    ],
+    [
+      "--syslog",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--syslog"],
+      /--syslog: .*standard error/,
+    ],
+    [
+      "-R with -r",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-R", "-r", "5"],
+      /-R\/--no-resolve and -r\/--resolve-interval contradict/,
+    ],
+    [
+      "-u malformed",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-u", "a:b:c"],
+      /-u\/--user "a:b:c": expected USER/,
+    ],
+    [
       "-d with ws target",
       ["-d", "-l", "127.0.0.1:1", "-t", "ws://example.com/x", "-k", "k"],
       /ws:\/\/ or wss:\/\/ target needs -e/,
@@ -219,6 +239,45 @@ describe("help and version", () => {
     assert.equal(r.code, 0);
     assert.match(r.out, /ProxyCommand='monopiped pipe -t server\.example\.com:2222 -k key\.bin'/);
     assert.match(r.out, /standard input/);
+  });
+});
+
+describe("spiped's -u (run as another user after binding) and -r/-R", () => {
+  it("-u nobody: serves as uid 65534 when started as root, and refuses clearly otherwise", async () => {
+    const target = await listen(echoHandler);
+    try {
+      const args = ["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key, "-u", "nobody"];
+      if (process.getuid?.() !== 0) {
+        const r = cli(...args);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /-u: cannot switch .*permission denied/);
+        return;
+      }
+      const d = await startEnd([...args, "-r", "30"]);
+      try {
+        const status = readFileSync(`/proc/${d.child.pid}/status`, "utf8");
+        assert.match(status, /^Uid:\s+65534\s+65534\s+65534\s+65534$/m);
+        assert.match(status, /^Gid:\s+65534\s/m);
+        assert.ok(d.logs.some((l) => l.msg === "dropped privileges (-u)"));
+        const e = await startEnd(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key]);
+        try {
+          const sock = await connect(e.port);
+          sock.end("still serving");
+          assert.equal((await receiveAll(sock)).bytes, "still serving".length);
+        } finally {
+          await e.stop();
+        }
+      } finally {
+        await d.stop();
+      }
+    } finally {
+      await target.close();
+    }
+  });
+  it("-u with a user that does not exist: exit 1 naming it", () => {
+    const r = cli("-d", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", key, "-u", "no-such-user-here");
+    assert.equal(r.code, 1);
+    assert.match(r.err, /-u no-such-user-here: no such user/);
   });
 });
 

@@ -3,48 +3,18 @@
  * spawned as a real process against a real server end and a loopback target.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { CLI_PATH, type RunningEnd } from "../../src/harness.js";
+import type { RunningEnd } from "../../src/harness.js";
 import { Fleet } from "../helpers/fleet.js";
 import { echoHandler, type TestServer } from "../helpers/net.js";
+import { runPipe } from "../helpers/pipe.js";
 
 const MiB = 1024 * 1024;
 const fleet = new Fleet();
 after(() => fleet.cleanup());
-
-interface PipeRun {
-  code: number | null;
-  stdout: Buffer;
-  stderr: string;
-}
-
-/** Run `monopiped pipe ARGS`, feed it `input` then end stdin, collect stdout; killed by PID after 30 s. */
-function runPipe(args: string[], input: Buffer): Promise<PipeRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_PATH, "pipe", ...args], { stdio: ["pipe", "pipe", "pipe"] });
-    const out: Buffer[] = [];
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    child.stdin.on("error", () => {}); // the process may exit before reading everything (failure cases)
-    child.stdin.end(input);
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`monopiped pipe did not exit within 30 s; stderr: ${stderr}`));
-    }, 30_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out), stderr });
-    });
-  });
-}
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 

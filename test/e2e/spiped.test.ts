@@ -3,7 +3,7 @@
  * both directions, and between our own ends over TCP and WebSocket.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type net from "node:net";
 import { after, describe, it } from "node:test";
 import { freePort, type Proc, spawnProc, waitListening } from "../../bench/procs.js";
@@ -21,6 +21,7 @@ import {
   sendAll,
   type TestServer,
 } from "../helpers/net.js";
+import { runPipe } from "../helpers/pipe.js";
 
 const MiB = 1024 * 1024;
 const SPIPED = which("/usr/bin/spiped") ?? which("spiped");
@@ -214,6 +215,23 @@ describe("--protocol spiped with the real spiped", () => {
     assert.equal(target.accepted, accepted, "never connected to the target");
     // spiped -e (PFS) -> our -d -f: works.
     assert.ok((await echoRoundTrip(ePfs.port, data)).equals(data));
+  });
+
+  it("monopiped pipe --protocol spiped replaces spipe in front of a real spiped -d", async () => {
+    // The target answers with the digest of everything it got, once its input has ended.
+    const digestTarget = await fleet.server((s) => {
+      const h = createHash("sha256");
+      s.on("data", (d) => h.update(d));
+      s.on("end", () => s.end(`${h.digest("hex")}\n`));
+    });
+    const d = await spiped("-d", `127.0.0.1:${digestTarget.port}`);
+    const data = randomBytes(2 * MiB + 3);
+    const r = await runPipe(["-t", d.address, "-k", key, "--protocol", "spiped"], data);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.toString(), `${createHash("sha256").update(data).digest("hex")}\n`);
+    const wrong = await runPipe(["-t", d.address, "-k", otherKey, "--protocol", "spiped"], data);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /handshake/);
   });
 });
 

@@ -8,12 +8,12 @@ import { fileURLToPath } from "node:url";
 export const CLI_PATH = fileURLToPath(new URL("./main.js", import.meta.url));
 /**
  * The Node flags the `monopiped` command (bin/monopiped) runs with, for the ends that tests, the demo
- * and the benchmark start with `node CLI_PATH`. --max-semi-space-size=1 caps V8's young generation
- * at 1 MiB per semi-space: without it V8 grows it to 16-32 MiB of resident memory while connections
- * are set up, memory an idle tunnel never needs (at 1,000 idle connections it halves the memory per
- * connection; docs/BENCHMARKS.md).
+ * and the benchmark start with `node CLI_PATH`. Both trade nothing measurable in speed for memory
+ * (docs/BENCHMARKS.md, item 6): --max-semi-space-size=1 caps V8's young generation at 1 MiB per
+ * semi-space (without it V8 grows it to 16-32 MiB while connections are set up, memory an idle
+ * tunnel never needs), and --optimize-for-size makes V8 favour a small heap over growing it early.
  */
-export const RUNTIME_FLAGS = ["--max-semi-space-size=1"];
+export const RUNTIME_FLAGS = ["--max-semi-space-size=1", "--optimize-for-size"];
 
 export interface LogLine {
   level: number;

@@ -21,6 +21,7 @@ import {
   createHash,
   createHmac,
   createSecretKey,
+  type DiffieHellman,
   getDiffieHellman,
   type KeyObject,
   pbkdf2Sync,
@@ -347,6 +348,19 @@ function makeSession(sealKeys: PacketKeys, openKeys: PacketKeys): Session {
 }
 
 // ---------------------------------------------------------------------------------------------
+let sharedGroup14: DiffieHellman | null = null;
+
+/**
+ * One DH object over group 14 for the whole process, each handshake setting its own exponent right
+ * before each use (the calls are synchronous, so handshakes cannot interleave inside one). Node 22+
+ * tests the prime when such an object is made (~350 ms of CPU); getDiffieHellman("modp14") skips
+ * that but cannot take spiped's exponent form (§2).
+ */
+function group14(): DiffieHellman {
+  sharedGroup14 ??= createDiffieHellman(GROUP14_PRIME, 2);
+  return sharedGroup14;
+}
+
 class SpipedHandshake implements Handshake {
   private readonly nonce = randomBytes(NONCE_LEN);
   private readonly queue = new ByteQueue();
@@ -355,7 +369,8 @@ class SpipedHandshake implements Handshake {
   private started = false;
   /** Messages produced before start() was called; start() sends them after the nonce. */
   private pending: Buffer[] = [];
-  private dh: ReturnType<typeof createDiffieHellman> | null = null;
+  /** Our DH exponent (null with -f, and once the session keys are made). */
+  private exponent: Buffer | null = null;
   private rest = Buffer.alloc(0);
   private done: Session | null = null;
 
@@ -428,14 +443,13 @@ class SpipedHandshake implements Handshake {
     if (this.opts.noPfs) {
       y = Y_ONE;
     } else {
-      const dh = createDiffieHellman(GROUP14_PRIME, 2);
       const exponent = Buffer.alloc(33);
       exponent[0] = 0x04; // 2^258
       randomFillSync(exponent, 1, 32);
+      const dh = group14();
       dh.setPrivateKey(exponent);
-      exponent.fill(0);
       y = pad256(dh.generateKeys());
-      this.dh = dh;
+      this.exponent = exponent;
     }
     const keys = this.macKeys as { client: Buffer; server: Buffer };
     const macKey = this.role === "client" ? keys.client : keys.server;
@@ -471,13 +485,18 @@ class SpipedHandshake implements Handshake {
     if (this.opts.noPfs || peerY.equals(Y_ONE)) {
       ySC = Y_ONE; // -f on either side: 1^e = 1 (§2)
     } else {
+      const dh = group14();
       try {
-        ySC = pad256((this.dh as NonNullable<typeof this.dh>).computeSecret(peerY));
+        dh.setPrivateKey(this.exponent as Buffer);
+        ySC = pad256(dh.computeSecret(peerY));
       } catch (err) {
         throw new ProtocolError("bad-handshake", `spiped peer's DH value refused: ${(err as Error).message}`);
+      } finally {
+        dh.setPrivateKey(Y_ONE); // leave no exponent in the shared object
       }
     }
-    this.dh = null;
+    this.exponent?.fill(0);
+    this.exponent = null;
     const [nonceC, nonceS] = this.nonces();
     const k = sessionKeys(this.secret, nonceC, nonceS, ySC);
     if (ySC !== Y_ONE) ySC.fill(0);

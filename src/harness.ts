@@ -40,6 +40,18 @@ export interface RunningEnd {
   exited: Promise<number | null>;
 }
 
+/** Ends started by startEnd that have not exited yet. */
+const liveEnds = new Set<RunningEnd>();
+
+/**
+ * Stop every end this process started that is still running (each by its PID): a test file's
+ * last after() hook, so that a test that failed half-way leaves no process behind (and its own
+ * process can exit).
+ */
+export async function stopAllEnds(): Promise<void> {
+  await Promise.all([...liveEnds].map((e) => e.stop()));
+}
+
 /** Spawn `monopiped ARGS` (the listen address should use port 0) and wait until it listens. */
 export function startEnd(
   args: string[],
@@ -113,6 +125,18 @@ export function startEnd(
     clearTimeout(timer);
     return code;
   };
+  const running: RunningEnd = {
+    child,
+    address: "",
+    port: 0,
+    logs,
+    waitForLog,
+    waitForLogs,
+    stop,
+    exited,
+  };
+  liveEnds.add(running);
+  void exited.then(() => liveEnds.delete(running));
   return new Promise((resolve, reject) => {
     const onExit = (code: number | null) =>
       reject(
@@ -124,9 +148,9 @@ export function startEnd(
     waitForLog((l) => typeof l.listen === "string" && l.msg.startsWith("listening on"), 15_000).then(
       (l) => {
         child.removeListener("exit", onExit);
-        const address = l.listen as string;
-        const port = Number(address.slice(address.lastIndexOf(":") + 1));
-        resolve({ child, address, port, logs, waitForLog, waitForLogs, stop, exited });
+        running.address = l.listen as string;
+        running.port = Number(running.address.slice(running.address.lastIndexOf(":") + 1));
+        resolve(running);
       },
       (err) => {
         child.kill("SIGKILL");

@@ -7,6 +7,7 @@ import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import "../helpers/stop-all.js";
 import { CLI_PATH, RUNTIME_FLAGS, startEnd } from "../../src/harness.js";
 import {
   connect,

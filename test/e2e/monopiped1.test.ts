@@ -7,6 +7,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type net from "node:net";
 import { after, before, describe, it } from "node:test";
+import "../helpers/stop-all.js";
 import WebSocket from "ws";
 import type { RunningEnd } from "../../src/harness.js";
 import { monopiped1Keys } from "../../src/protocol/monopiped1.js";

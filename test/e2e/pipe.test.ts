@@ -7,6 +7,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import "../helpers/stop-all.js";
 import type { RunningEnd } from "../../src/harness.js";
 import { Fleet } from "../helpers/fleet.js";
 import { echoHandler, type TestServer } from "../helpers/net.js";

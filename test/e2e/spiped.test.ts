@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import type net from "node:net";
 import { after, describe, it } from "node:test";
+import "../helpers/stop-all.js";
 import { freePort, type Proc, spawnProc, waitListening } from "../../bench/procs.js";
 import { which } from "../../bench/systems.js";
 import { Fleet } from "../helpers/fleet.js";

@@ -11,6 +11,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import "../helpers/stop-all.js";
 import WebSocket from "ws";
 import { echoTransfer } from "../../src/demo.js";
 import { CLI_PATH, type LogLine, type RunningEnd, startEnd } from "../../src/harness.js";

@@ -154,8 +154,10 @@ export class WsLink extends EventEmitter implements Link {
   private onMessage(data: Buffer, isBinary: boolean): void {
     if (this.closed || this.failure) return;
     if (!isBinary) {
+      // 1002 (protocol error): the tunnel's protocol has no text messages. (1003, unsupported data,
+      // would fit a peer that could still go on; ours cannot.)
       this.violation(
-        1003,
+        1002,
         "binary messages only",
         "sent a text message (a tunnel carries binary messages only)",
       );

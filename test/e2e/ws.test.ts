@@ -612,9 +612,9 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       await assertEcho(good.port, 256 * 1024);
     });
 
-    test("a text message is closed with 1003", async () => {
+    test("a text message is closed with 1002 (protocol error)", async () => {
       const n = warns(b).length;
-      assert.equal(await sendAndGetClose("hello"), 1003);
+      assert.equal(await sendAndGetClose("hello"), 1002);
       const w = await oneWarning(b, n);
       assert.match(w.msg, /text message/);
       assert.match(w.msg, /127\.0\.0\.1:\d+/);

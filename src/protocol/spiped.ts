@@ -361,6 +361,11 @@ function group14(): DiffieHellman {
   return sharedGroup14;
 }
 
+/** Make the shared DH object now, so that the first connection does not wait for it. */
+export function prepareSpiped(): void {
+  group14();
+}
+
 class SpipedHandshake implements Handshake {
   private readonly nonce = randomBytes(NONCE_LEN);
   private readonly queue = new ByteQueue();

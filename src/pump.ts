@@ -82,8 +82,8 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     // follows, so interactive traffic is not held back.
     let carry: Buffer | null = null;
     let flushScheduled = false;
-    const sealAndSend = (plainBytes: Buffer) => {
-      if (!enc.send(sealer.seal(plainBytes))) plain.pause();
+    const sealAndSend = (plainBytes: Buffer, carried?: Buffer) => {
+      if (!enc.send(sealer.seal(plainBytes, carried))) plain.pause();
     };
     const flushCarry = () => {
       flushScheduled = false;
@@ -94,20 +94,23 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     };
     plain.on("data", (chunk: Buffer) => {
       sent += chunk.length;
-      let bytes = carry ? Buffer.concat([carry, chunk]) : chunk;
+      // The carried bytes go in front of this read; the sealer takes both without joining them.
+      const carried = carry ?? undefined;
       carry = null;
-      const tail = bytes.length % sealer.maxPlaintext;
+      const total = (carried?.length ?? 0) + chunk.length;
+      const tail = total % sealer.maxPlaintext;
+      let bytes = chunk;
       // Only where records are large (monopiped2): for small fixed frames a carried tail saves
-      // little and costs a copy of the whole next read.
-      if (sealer.maxPlaintext >= 16384 && bytes.length > sealer.maxPlaintext && tail !== 0) {
-        carry = bytes.subarray(bytes.length - tail);
-        bytes = bytes.subarray(0, bytes.length - tail);
+      // little. The tail always lies within this read, since a carry is shorter than a record.
+      if (sealer.maxPlaintext >= 16384 && total > sealer.maxPlaintext && tail !== 0) {
+        carry = chunk.subarray(chunk.length - tail);
+        bytes = chunk.subarray(0, chunk.length - tail);
         if (!flushScheduled) {
           flushScheduled = true;
           setImmediate(flushCarry);
         }
       }
-      sealAndSend(bytes);
+      sealAndSend(bytes, carried);
     });
     enc.on("drain", () => {
       if (!upDone) plain.resume();

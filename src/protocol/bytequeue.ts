@@ -4,6 +4,8 @@
  * their whole input per record. Consumed chunks are dropped by index, not Array.shift, so a peer
  * sending a record as many tiny segments costs linear, not quadratic, time.
  */
+const EMPTY = Buffer.alloc(0);
+
 export class ByteQueue {
   private chunks: Buffer[] = [];
   private first = 0; // index of the oldest chunk still holding bytes
@@ -38,6 +40,20 @@ export class ByteQueue {
       filled += copied;
       this.advance(copied);
     }
+    return out;
+  }
+
+  /**
+   * Removes and returns up to `max` bytes from the oldest chunk, without copying: for callers that
+   * can take their input piece by piece. Empty when the queue is.
+   */
+  takeUpTo(max: number): Buffer {
+    const chunk = this.chunks[this.first];
+    if (!chunk || max <= 0) return EMPTY;
+    const n = Math.min(max, chunk.length - this.head);
+    const out = chunk.subarray(this.head, this.head + n);
+    this.total -= n;
+    this.advance(n);
     return out;
   }
 

@@ -124,7 +124,8 @@ class Monopiped1Sealer implements RecordSealer {
   constructor(private readonly aead: CounterAead) {}
 
   /** One frame per 1040 bytes of input; all frames of one call share a single allocation. */
-  seal(plain: Buffer): Buffer[] {
+  seal(input: Buffer, carried?: Buffer): Buffer[] {
+    const plain = carried ? Buffer.concat([carried, input]) : input;
     const count = Math.ceil(plain.length / MAX_DATA);
     const wire = Buffer.allocUnsafe(count * FRAME_LEN); // every byte is overwritten below
     const frames: Buffer[] = [];

@@ -18,7 +18,7 @@
 import { createHmac } from "node:crypto";
 import { ByteQueue } from "./bytequeue.js";
 import { ProtocolError } from "./errors.js";
-import { type CipherState, type KeyPair, NoiseHandshake, TAGLEN } from "./noise.js";
+import { type CipherState, type KeyPair, NoiseHandshake, type PieceDecryptor, TAGLEN } from "./noise.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 
 export const PROLOGUE = Buffer.from("monopiped2", "ascii");
@@ -45,19 +45,30 @@ export class Monopiped2Sealer implements RecordSealer {
   private readonly header = Buffer.alloc(HEADER_PLAIN_LEN);
   constructor(private readonly cipher: CipherState) {}
 
-  private record(type: number, payload: Buffer): Buffer {
+  /** One record whose payload is the concatenation of `payload` (at most MAX_PAYLOAD bytes). */
+  private record(type: number, ...payload: Buffer[]): Buffer {
+    let length = 0;
+    for (const p of payload) length += p.length;
     this.header[0] = type;
-    this.header.writeUInt16BE(payload.length, 1);
+    this.header.writeUInt16BE(length, 1);
     // One allocation per record; the payload is copied once, as ciphertext.
-    const out = Buffer.allocUnsafe(HEADER_LEN + (payload.length > 0 ? payload.length + TAGLEN : 0));
-    const at = this.cipher.encryptTo(this.header, out, 0);
-    if (payload.length > 0) this.cipher.encryptTo(payload, out, at);
+    const out = Buffer.allocUnsafe(HEADER_LEN + (length > 0 ? length + TAGLEN : 0));
+    const at = this.cipher.encryptTo([this.header], out, 0);
+    if (length > 0) this.cipher.encryptTo(payload, out, at);
     return out;
   }
 
-  seal(plain: Buffer): Buffer[] {
+  seal(plain: Buffer, carried?: Buffer): Buffer[] {
+    // The pump carries only what did not fill a record; anything longer is simply joined.
+    if (carried && carried.length >= MAX_PAYLOAD) return this.seal(Buffer.concat([carried, plain]));
     const out: Buffer[] = [];
-    for (let off = 0; off < plain.length; off += MAX_PAYLOAD) {
+    let off = 0;
+    if (carried && carried.length > 0) {
+      // The first record: the carried bytes, then as much of `plain` as fits.
+      off = MAX_PAYLOAD - carried.length;
+      out.push(this.record(RecordType.DATA, carried, plain.subarray(0, off)));
+    }
+    for (; off < plain.length; off += MAX_PAYLOAD) {
       out.push(this.record(RecordType.DATA, plain.subarray(off, off + MAX_PAYLOAD)));
     }
     return out;
@@ -89,12 +100,15 @@ export class Monopiped2Opener implements RecordOpener {
   private readonly queue = new ByteQueue();
   private pendingType = -1; // type of a record whose header is open and whose body is awaited
   private pendingLen = 0;
+  /** The body of the pending record, decrypted as its pieces arrive; bodyFed bytes of it are in. */
+  private body: PieceDecryptor | null = null;
+  private bodyFed = 0;
   private finished: "end" | "abort" | null = null;
 
   constructor(private readonly cipher: CipherState) {}
 
   get buffered(): number {
-    return this.queue.length + (this.pendingType >= 0 ? HEADER_LEN : 0);
+    return this.queue.length + (this.pendingType >= 0 ? HEADER_LEN + this.bodyFed : 0);
   }
 
   push(bytes: Buffer): OpenEvent[] {
@@ -114,9 +128,27 @@ export class Monopiped2Opener implements RecordOpener {
         if (this.pendingLen > 0) continue;
         events.push(this.finishRecord(EMPTY));
       } else {
-        if (this.queue.length < this.pendingLen + TAGLEN) break;
-        const payload = this.cipher.decryptWithAd(EMPTY, this.queue.take(this.pendingLen + TAGLEN));
-        events.push(this.finishRecord(payload));
+        // The body's ciphertext goes to the cipher as it arrives (a 64 KiB record mostly spans two
+        // reads), so it is never gathered into one buffer; its plaintext is released only once the
+        // tag that follows it has authenticated the whole body.
+        this.body ??= this.cipher.decryptPieces();
+        while (this.bodyFed < this.pendingLen && this.queue.length > 0) {
+          const piece = this.queue.takeUpTo(this.pendingLen - this.bodyFed);
+          this.body.update(piece);
+          this.bodyFed += piece.length;
+        }
+        if (this.bodyFed < this.pendingLen || this.queue.length < TAGLEN) break;
+        const parts = this.body.finish(this.queue.take(TAGLEN));
+        this.body = null;
+        this.bodyFed = 0;
+        if (this.pendingType === RecordType.DATA) {
+          this.pendingType = -1;
+          const last = parts.length - 1;
+          for (let i = 0; i < last; i++) events.push({ type: "data", data: parts[i], partial: true });
+          events.push({ type: "data", data: parts[last] });
+        } else {
+          events.push(this.finishRecord(parts.length === 1 ? parts[0] : Buffer.concat(parts)));
+        }
       }
       if (this.finished) {
         if (this.queue.length > 0) {

@@ -62,6 +62,13 @@ class HashFn {
  */
 export const NONCE_LIMIT = 2 ** 48;
 
+/** One message being decrypted piece by piece (CipherState.decryptPieces). */
+export interface PieceDecryptor {
+  update(ciphertext: Buffer): void;
+  /** Checks the tag; returns the plaintext pieces, or throws ProtocolError("bad-record"). */
+  finish(tag: Buffer): Buffer[];
+}
+
 export class CipherState {
   private key: Buffer | null = null;
   private n = 0;
@@ -99,17 +106,49 @@ export class CipherState {
     return Buffer.concat([body, cipher.getAuthTag()], plain.length + TAGLEN);
   }
 
-  /** Encrypt `plain` (empty associated data) into `out` at `offset` as ciphertext || tag; returns the end offset. */
-  encryptTo(plain: Buffer, out: Buffer, offset: number): number {
+  /**
+   * Encrypt the concatenation of `pieces` (empty associated data) into `out` at `offset` as
+   * ciphertext || tag; returns the end offset.
+   */
+  encryptTo(pieces: readonly Buffer[], out: Buffer, offset: number): number {
     if (!this.key) throw new Error("CipherState has no key");
     const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
       authTagLength: TAGLEN,
     });
-    const end = offset + (plain.length > 0 ? cipher.update(plain).copy(out, offset) : 0);
+    let end = offset;
+    for (const piece of pieces) if (piece.length > 0) end += cipher.update(piece).copy(out, end);
     cipher.final();
     cipher.getAuthTag().copy(out, end);
     this.n++;
     return end + TAGLEN;
+  }
+
+  /**
+   * Decrypt one message (empty associated data) whose ciphertext arrives in pieces: update() takes
+   * each piece, finish() the tag, and only then is the plaintext released, all of it or none. This
+   * spares copying a message that spans several reads into one buffer first.
+   */
+  decryptPieces(): PieceDecryptor {
+    if (!this.key) throw new Error("CipherState has no key");
+    const decipher = createDecipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
+      authTagLength: TAGLEN,
+    });
+    const parts: Buffer[] = [];
+    return {
+      update: (ciphertext: Buffer) => {
+        parts.push(decipher.update(ciphertext));
+      },
+      finish: (tag: Buffer) => {
+        decipher.setAuthTag(tag);
+        try {
+          decipher.final();
+        } catch {
+          throw new ProtocolError("bad-record", "message failed authentication");
+        }
+        this.n++;
+        return parts;
+      },
+    };
   }
 
   /** Decrypt ciphertext || tag; throws ProtocolError when it does not authenticate. */

@@ -229,7 +229,8 @@ class SpipedSealer implements RecordSealer {
   constructor(private readonly keys: PacketKeys) {}
 
   /** One packet per 1024 bytes of input; all packets of one call share one allocation and one keystream call. */
-  seal(plain: Buffer): Buffer[] {
+  seal(input: Buffer, carried?: Buffer): Buffer[] {
+    const plain = carried ? Buffer.concat([carried, input]) : input;
     if (plain.length === 0) return []; // a packet must carry 1..1024 bytes
     const count = Math.ceil(plain.length / MAX_DATA);
     this.keys.reserve(count);

@@ -13,7 +13,11 @@ export type Role = "client" | "server";
 
 /** What an opener produces from received bytes, in order. */
 export type OpenEvent =
-  | { type: "data"; data: Buffer }
+  /**
+   * Authenticated application bytes. A record's plaintext may come as several events in a row
+   * (where its ciphertext arrived in pieces); all but the last of them are marked partial.
+   */
+  | { type: "data"; data: Buffer; partial?: true }
   /** The peer's authenticated end of stream for this direction. */
   | { type: "end" }
   /** The peer aborted the connection and said why (e.g. its target refused the connection). */
@@ -22,8 +26,12 @@ export type OpenEvent =
 export interface RecordSealer {
   /** Largest plaintext one record carries. */
   readonly maxPlaintext: number;
-  /** Seal plaintext of any length into records; each returned buffer is one record. */
-  seal(plain: Buffer): Buffer[];
+  /**
+   * Seal plaintext of any length into records; each returned buffer is one record. `carried`, if
+   * given, goes in front of `plain` (bytes held back from an earlier read), without the caller
+   * joining the two first.
+   */
+  seal(plain: Buffer, carried?: Buffer): Buffer[];
   /** Records that end this direction. [] where the protocol has none (the transport's FIN/close is the end). */
   end(): Buffer[];
   /** Records that tell the peer this connection is being aborted. [] where the protocol cannot say it. */

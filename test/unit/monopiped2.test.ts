@@ -107,9 +107,32 @@ function bytewise(wire: Buffer): Buffer[] {
   return Array.from({ length: wire.length }, (_, i) => wire.subarray(i, i + 1));
 }
 
+/**
+ * One event per record: joins the pieces of a record whose ciphertext arrived in several chunks
+ * (data events marked partial, then the record's last piece). Checks that pieces come only in runs
+ * that end with an unmarked data event, within one push().
+ */
+function joinPieces(events: OpenEvent[]): OpenEvent[] {
+  const out: OpenEvent[] = [];
+  let pieces: Buffer[] = [];
+  for (const e of events) {
+    if (e.type === "data" && e.partial) {
+      pieces.push(e.data);
+      continue;
+    }
+    if (pieces.length > 0) {
+      assert.equal(e.type, "data", "a record's pieces end with a data event");
+      out.push({ type: "data", data: Buffer.concat([...pieces, (e as { data: Buffer }).data]) });
+      pieces = [];
+    } else out.push(e);
+  }
+  assert.equal(pieces.length, 0, "no record left in pieces at the end of a push()");
+  return out;
+}
+
 function openAll(opener: RecordOpener, chunks: readonly Buffer[]): OpenEvent[] {
   const events: OpenEvent[] = [];
-  for (const c of chunks) events.push(...opener.push(c));
+  for (const c of chunks) events.push(...joinPieces(opener.push(c)));
   return events;
 }
 
@@ -493,6 +516,26 @@ describe("monopiped2 records", () => {
     );
   });
 
+  it("seal(plain, carried) makes the records of carried ‖ plain without joining them (property)", () => {
+    fc.assert(
+      fc.property(fc.nat({ max: MAX_PAYLOAD - 1 }), payloadSize, fc.integer(), (carriedLen, size, seed) => {
+        const t = handshake();
+        const carried = bytesFromSeed(carriedLen, seed);
+        const plain = bytesFromSeed(size, seed + 1);
+        const whole = Buffer.concat([carried, plain]);
+        const records = t.client.sealer.seal(plain, carried);
+        const n = Math.ceil(whole.length / MAX_PAYLOAD);
+        assert.equal(records.length, n);
+        records.forEach((r, i) => {
+          const len = i < n - 1 ? MAX_PAYLOAD : whole.length - MAX_PAYLOAD * (n - 1);
+          assert.equal(r.length, HEADER_LEN + len + TAGLEN, `record ${i}`);
+        });
+        assert.deepEqual(dataOf(openAll(t.server.opener, records)), whole);
+      }),
+      { numRuns: 30 },
+    );
+  });
+
   it("many seal() calls interleaved both ways stay in step", () => {
     const t = handshake();
     for (let i = 0; i < 50; i++) {
@@ -594,7 +637,7 @@ describe("monopiped2 records", () => {
     const events: OpenEvent[] = [];
     let lastBoundary = 0;
     for (let i = 0; i < wire.length; i++) {
-      const got = t.server.opener.push(wire.subarray(i, i + 1));
+      const got = joinPieces(t.server.opener.push(wire.subarray(i, i + 1)));
       events.push(...got);
       const fed = i + 1;
       if (boundaries.has(fed)) {
@@ -613,6 +656,30 @@ describe("monopiped2 records", () => {
       { type: "data", data: bytesFromSeed(300, 7) },
       { type: "abort", reason: "bye" },
     ]);
+  });
+
+  it("a record whose ciphertext arrives in pieces releases nothing before its tag, then its pieces in order", () => {
+    const t = handshake();
+    const payload = bytesFromSeed(50_000, 3);
+    const [record] = t.client.sealer.seal(payload);
+    const cuts = [HEADER_LEN + 10_000, HEADER_LEN + 30_000, record.length - 1];
+    let at = 0;
+    for (const cut of cuts) {
+      assert.deepEqual(t.server.opener.push(record.subarray(at, cut)), [], `nothing released at ${cut}`);
+      at = cut;
+    }
+    const events = t.server.opener.push(record.subarray(at));
+    assert.ok(events.length > 1, "the body came in pieces");
+    assert.ok(events.slice(0, -1).every((e) => e.type === "data" && e.partial === true));
+    assert.equal(events.at(-1)?.type, "data");
+    assert.equal((events.at(-1) as { partial?: true }).partial, undefined);
+    assert.deepEqual(dataOf(events), payload);
+    // The same record with its tag damaged releases none of its pieces.
+    const t2 = handshake();
+    const [bad] = t2.client.sealer.seal(payload);
+    bad[bad.length - 1] ^= 1;
+    assert.deepEqual(t2.server.opener.push(bad.subarray(0, HEADER_LEN + 20_000)), []);
+    protocolError(() => t2.server.opener.push(bad.subarray(HEADER_LEN + 20_000)), "bad-record");
   });
 
   it("seal(empty) makes no record; empty() makes a 19-byte record that opens to empty data", () => {
@@ -636,7 +703,7 @@ describe("monopiped2 tampering (properties)", () => {
         const flipped = flipBit(stream.wire, bit);
         const seen: OpenEvent[] = [];
         protocolError(() => {
-          for (const c of rechunk(flipped, cuts)) seen.push(...t.server.opener.push(c));
+          for (const c of rechunk(flipped, cuts)) seen.push(...joinPieces(t.server.opener.push(c)));
         }, "bad-record");
         // Whatever came out before the error is a prefix of the untampered events, and stops before
         // the record holding the flipped bit.

@@ -11,8 +11,7 @@
 import type { Config } from "./config.js";
 import { type Established, runHandshake } from "./handshake.js";
 import type { Logger } from "./log.js";
-import { createHandshake } from "./protocol/index.js";
-import { prepareSpiped } from "./protocol/spiped.js";
+import { createHandshake, prepareProtocol } from "./protocol/index.js";
 import type { Session } from "./protocol/types.js";
 import { type PumpResult, pump } from "./pump.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
@@ -52,9 +51,9 @@ export class Tunnel {
   /** Bind the listener and start serving. */
   async start(): Promise<void> {
     for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
-    // Before listening, so that the ready line means ready: on Node 22+ this takes ~350 ms of CPU,
-    // which would otherwise stall the first connection.
-    if (this.cfg.protocol === "spiped") prepareSpiped();
+    // Before listening, so that the ready line means ready: for spiped on Node 22+ this takes
+    // ~350 ms of CPU, which would otherwise stall the first connection.
+    prepareProtocol(this.cfg.protocol);
     this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link));
   }
 

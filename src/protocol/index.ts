@@ -9,7 +9,7 @@
 import { serverAutoHandshake } from "./detect.js";
 import { type Monopiped1Keys, monopiped1Handshake, monopiped1Keys } from "./monopiped1.js";
 import { monopiped2Handshake, monopiped2Psk } from "./monopiped2.js";
-import { type SpipedOptions, spipedHandshake, spipedKey } from "./spiped.js";
+import { prepareSpiped, type SpipedOptions, spipedHandshake, spipedKey } from "./spiped.js";
 import type { Handshake, ProtocolName, Role } from "./types.js";
 
 export type ProtocolChoice = "auto" | ProtocolName;
@@ -35,6 +35,11 @@ export function prepareKeys(keyFile: Buffer): Keys {
     monopiped1: monopiped1Keys(keyFile),
     spiped: spipedKey(keyFile),
   };
+}
+
+/** One-time set-up a protocol needs before its first handshake (spiped's DH group object). */
+export function prepareProtocol(choice: ProtocolChoice): void {
+  if (choice === "spiped") prepareSpiped();
 }
 
 export function createHandshake(

@@ -126,7 +126,7 @@ export class Monopiped2Opener implements RecordOpener {
         this.pendingLen = header.readUInt16BE(1);
         this.checkHeader();
         if (this.pendingLen > 0) continue;
-        events.push(this.finishRecord(EMPTY));
+        events.push(...this.finishRecord([EMPTY]));
       } else {
         // The body's ciphertext goes to the cipher as it arrives (a 64 KiB record mostly spans two
         // reads), so it is never gathered into one buffer; its plaintext is released only once the
@@ -141,14 +141,7 @@ export class Monopiped2Opener implements RecordOpener {
         const parts = this.body.finish(this.queue.take(TAGLEN));
         this.body = null;
         this.bodyFed = 0;
-        if (this.pendingType === RecordType.DATA) {
-          this.pendingType = -1;
-          const last = parts.length - 1;
-          for (let i = 0; i < last; i++) events.push({ type: "data", data: parts[i], partial: true });
-          events.push({ type: "data", data: parts[last] });
-        } else {
-          events.push(this.finishRecord(parts.length === 1 ? parts[0] : Buffer.concat(parts)));
-        }
+        events.push(...this.finishRecord(parts));
       }
       if (this.finished) {
         if (this.queue.length > 0) {
@@ -168,18 +161,22 @@ export class Monopiped2Opener implements RecordOpener {
     throw new ProtocolError("bad-record", `authenticated record with unknown type ${t} or bad length`);
   }
 
-  private finishRecord(payload: Buffer): OpenEvent {
+  /** The events of the pending record, whose authenticated payload is the concatenation of `parts`. */
+  private finishRecord(parts: Buffer[]): OpenEvent[] {
     const type = this.pendingType;
     this.pendingType = -1;
     if (type === RecordType.END) {
       this.finished = "end";
-      return { type: "end" };
+      return [{ type: "end" }];
     }
     if (type === RecordType.ABORT) {
       this.finished = "abort";
-      return { type: "abort", reason: payload.toString("utf8") };
+      return [{ type: "abort", reason: Buffer.concat(parts).toString("utf8") }];
     }
-    return { type: "data", data: payload };
+    const last = parts.length - 1;
+    return parts.map(
+      (data, i): OpenEvent => (i < last ? { type: "data", data, partial: true } : { type: "data", data }),
+    );
   }
 }
 

@@ -40,7 +40,7 @@ function privateKeyFromDer(secret: Buffer): KeyObject {
  * only; there DER costs ~650 µs a key, while on Node 24 DER is as cheap as JWK (~50 µs). Probe
  * once which one this Node takes.
  */
-const importSecret: (secret: Buffer) => KeyObject = (() => {
+export const privateKeyFromSecret: (secret: Buffer) => KeyObject = (() => {
   try {
     privateKeyFromJwk(Buffer.alloc(32, 1));
     return privateKeyFromJwk;
@@ -48,10 +48,6 @@ const importSecret: (secret: Buffer) => KeyObject = (() => {
     return privateKeyFromDer;
   }
 })();
-
-export function privateKeyFromSecret(secret: Buffer): KeyObject {
-  return importSecret(secret);
-}
 
 export function publicKeyBytes(privateKey: KeyObject): Buffer {
   return Buffer.from(createPublicKey(privateKey).export({ format: "jwk" }).x as string, "base64url");

@@ -12,21 +12,18 @@
  * --syslog are refused with a message saying what to do instead). A usage error exits 2
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
-import { readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
 import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
-import { createLogger, LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
-import { dropPrivileges, parseRunAs, type RunAs } from "./privileges.js";
+import { LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
+import { parseRunAs, type RunAs } from "./privileges.js";
 import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
-import { StdioLink } from "./transport/stdio.js";
-import { wsClientWarnings } from "./transport/ws.js";
-import { Tunnel } from "./tunnel.js";
 
 export class UsageError extends Error {}
 
-const VERSION: string = (() => {
+export const VERSION: string = (() => {
   try {
     return JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version;
   } catch {
@@ -112,7 +109,7 @@ Examples:
 Exit status: 0 after a clean stop, 1 when it cannot start (key file, address), 2 on a usage error.
 `;
 
-const RUN_OPTIONS = {
+export const RUN_OPTIONS = {
   encrypt: { type: "boolean", short: "e" },
   decrypt: { type: "boolean", short: "d" },
   listen: { type: "string", short: "l" },
@@ -158,11 +155,9 @@ function flagName(name: string): string {
 }
 
 /** parseArgs, with its errors reworded and every option allowed once (as spiped does). */
-function parse<T extends Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>>(
-  argv: string[],
-  options: T,
-  positionals = false,
-) {
+export function parse<
+  T extends Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>,
+>(argv: string[], options: T, positionals = false) {
   const parseStrict = () =>
     parseArgs({ args: argv, options, allowPositionals: positionals, strict: true, tokens: true });
   let parsed: ReturnType<typeof parseStrict>;
@@ -243,7 +238,11 @@ const NOT_FOR_PIPE = [
 export function parseRunArgs(
   argv: string[],
   flavour: "run" | "pipe" = "run",
-): Omit<Config, "keys"> & { keyPath: string; pidfile?: string; runAs?: RunAs } {
+): Omit<Config, "keys" | "proxyProtocol" | "listenFd"> & {
+  keyPath: string;
+  pidfile?: string;
+  runAs?: RunAs;
+} {
   const { values: v } = parse(argv, RUN_OPTIONS);
   if (flavour === "pipe") {
     const wrong = NOT_FOR_PIPE.find((k) => v[k] !== undefined);
@@ -392,120 +391,7 @@ export function parseRunArgs(
   };
 }
 
-async function run(argv: string[]): Promise<number> {
-  const { values } = parse(argv, RUN_OPTIONS);
-  if (values.help || argv.length === 0) {
-    process.stdout.write(HELP);
-    return 0;
-  }
-  if (values.version) {
-    process.stdout.write(`monopiped ${VERSION}\n`);
-    return 0;
-  }
-  const flags = parseRunArgs(argv);
-  const log = createLogger(flags.logLevel, flags.logFormat);
-  const cfg = withKeys(flags, log);
-  if (!cfg) return 1;
-
-  const tunnel = new Tunnel(cfg, log);
-  try {
-    await tunnel.start();
-  } catch (err) {
-    process.stderr.write(`monopiped: ${(err as Error).message}\n`);
-    return 1;
-  }
-  if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
-  if (flags.runAs) {
-    try {
-      dropPrivileges(flags.runAs);
-      log.info({ user: flags.runAs.user, group: flags.runAs.group }, "dropped privileges (-u)");
-    } catch (err) {
-      process.stderr.write(`monopiped: ${(err as Error).message}\n`);
-      await tunnel.stop(0);
-      return 1;
-    }
-  }
-  tunnel.logListening();
-
-  return new Promise<number>((resolve) => {
-    let signals = 0;
-    const onSignal = (sig: NodeJS.Signals) => {
-      signals++;
-      if (signals > 1) {
-        log.warn(`${sig} again: exiting now`);
-        resolve(1);
-        return;
-      }
-      log.info(`${sig}: no longer accepting connections`);
-      void tunnel.stop(cfg.graceMs).then(() => {
-        log.info("stopped");
-        resolve(0);
-      });
-    };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
-  }).finally(() => {
-    if (flags.pidfile) {
-      try {
-        unlinkSync(flags.pidfile);
-      } catch {
-        // already gone
-      }
-    }
-  });
-}
-
-/** The Config with the key file read and checked; null (after saying why) when it cannot be used. */
-function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): Config | null {
-  let keyFile: ReturnType<typeof readKeyFile>;
-  try {
-    keyFile = readKeyFile(flags.keyPath);
-  } catch (err) {
-    if (err instanceof KeyFileError) {
-      process.stderr.write(`monopiped: ${err.message}\n`);
-      return null;
-    }
-    throw err;
-  }
-  if (keyFile.warning) log.warn(keyFile.warning);
-  return { ...flags, keys: prepareKeys(keyFile.bytes) };
-}
-
-const PIPE_HELP = `Usage: monopiped pipe -t ADDR|URL -k KEYFILE [options]
-
-The client end (-e) for one connection whose plain side is standard input and output, as spiped's
-spipe: stdin goes encrypted to the server end at -t, and what the server end's target answers comes
-out on stdout. End of stdin is passed on as end of stream; the reply still comes back. Exits 0 when
-the connection ended cleanly, 1 when it could not be made or broke (stderr says why), 2 on a usage
-error. Takes the options of the client end (-t, -k, --protocol, -o, -b, -j, --log-level,
---log-format and the WebSocket client options; see monopiped --help), logging warnings only by
-default.
-
-Example, ssh without a local port (the server end runs monopiped -d in front of sshd):
-  ssh -o ProxyCommand='monopiped pipe -t server.example.com:2222 -k key.bin' server.example.com
-`;
-
-/** `monopiped pipe`: one tunneled connection on standard input/output. */
-async function pipe(argv: string[]): Promise<number> {
-  const { values } = parse(argv, RUN_OPTIONS);
-  if (values.help || argv.length === 0) {
-    process.stdout.write(PIPE_HELP);
-    return 0;
-  }
-  const flags = parseRunArgs(argv, "pipe");
-  if (flags.keyPath === "-")
-    throw new UsageError("-k/--key -: standard input carries the data in monopiped pipe; give a key file");
-  const log = createLogger(flags.logLevel, flags.logFormat);
-  const cfg = withKeys(flags, log);
-  if (!cfg) return 1;
-  for (const warning of wsClientWarnings(cfg)) log.warn(warning);
-  const stdio = new StdioLink();
-  const clean = await new Tunnel(cfg, log).serveOne(stdio);
-  await stdio.flushed();
-  return clean ? 0 : 1;
-}
-
-function keygen(argv: string[]): number {
+export function keygen(argv: string[]): number {
   const { values, positionals } = parse(
     argv,
     { force: { type: "boolean", short: "f" }, help: { type: "boolean", short: "h" } },
@@ -534,27 +420,18 @@ function keygen(argv: string[]): number {
   return 0;
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** The Config with the key file read and checked; null (after saying why) when it cannot be used. */
+export function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): Config | null {
+  let keyFile: ReturnType<typeof readKeyFile>;
   try {
-    switch (argv[0]) {
-      case "keygen":
-        return keygen(argv.slice(1));
-      case "pipe":
-        return await pipe(argv.slice(1));
-      case "demo":
-        return (await import("./demo.js")).demo(argv.slice(1));
-      case "bench":
-        return (await import("../bench/bench.js")).benchMain(argv.slice(1));
-      case "run":
-        return await run(argv.slice(1));
-      default:
-        return await run(argv);
-    }
+    keyFile = readKeyFile(flags.keyPath);
   } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`monopiped: ${err.message}\nTry 'monopiped --help' for more information.\n`);
-      return 2;
+    if (err instanceof KeyFileError) {
+      process.stderr.write(`monopiped: ${err.message}\n`);
+      return null;
     }
     throw err;
   }
+  if (keyFile.warning) log.warn(keyFile.warning);
+  return { ...flags, proxyProtocol: false, keys: [prepareKeys(keyFile.bytes)] };
 }

@@ -30,7 +30,15 @@ export interface Config {
   /** -d -w: the listener accepts WebSocket upgrades. */
   wsListen: boolean;
   protocol: ProtocolChoice;
-  keys: Keys;
+  /**
+   * Derived keys, one entry per -k key file: a client uses the first, a server accepts any of them.
+   * Replaced as a whole when the key files are re-read (SIGHUP); each handshake reads it afresh.
+   */
+  keys: readonly Keys[];
+  /** -d --proxy-protocol: each connection starts with a PROXY v1/v2 header from a trusted balancer. */
+  proxyProtocol: boolean;
+  /** Socket activation: serve on this inherited listening file descriptor instead of binding. */
+  listenFd?: number;
   /** --protocol spiped: -f (no forward secrecy) and -g (require it from the peer). */
   spiped?: SpipedOptions;
   maxConns: number;

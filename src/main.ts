@@ -1,6 +1,33 @@
 #!/usr/bin/env node
-/** The `monopiped` executable. */
-import { main } from "./cli.js";
+/** The `monopiped` executable: picks the subcommand. */
+import { keygen, UsageError } from "./cli.js";
+import { pipe } from "./pipe.js";
+import { run } from "./run.js";
+
+async function main(argv: string[]): Promise<number> {
+  try {
+    switch (argv[0]) {
+      case "keygen":
+        return keygen(argv.slice(1));
+      case "pipe":
+        return await pipe(argv.slice(1));
+      case "demo":
+        return (await import("./demo.js")).demo(argv.slice(1));
+      case "bench":
+        return (await import("../bench/bench.js")).benchMain(argv.slice(1));
+      case "run":
+        return await run(argv.slice(1));
+      default:
+        return await run(argv);
+    }
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`monopiped: ${err.message}\nTry 'monopiped --help' for more information.\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),

@@ -45,9 +45,11 @@ export function prepareProtocol(choice: ProtocolChoice): void {
 export function createHandshake(
   role: Role,
   choice: ProtocolChoice,
-  keys: Keys,
+  keySets: readonly Keys[],
   spipedOptions: SpipedOptions = {},
 ): Handshake {
+  // TODO(multi-key): a server accepts any of keySets; for now the first.
+  const keys = keySets[0];
   switch (choice) {
     case "spiped":
       return spipedHandshake(role, keys.spiped, spipedOptions);

@@ -291,7 +291,7 @@ describe("spiped keys and handshake", () => {
 
   it("is reached through createHandshake with the CLI's options", () => {
     const keys = prepareKeys(KEY_FILE);
-    const hs = createHandshake("client", "spiped", keys, { noPfs: true });
+    const hs = createHandshake("client", "spiped", [keys], { noPfs: true });
     const s = spipedHandshake("server", K);
     s.receive(hs.start()[0]);
     const [dhC] = hs.receive(s.start()[0]);

@@ -5,6 +5,7 @@
  */
 export type ProtocolErrorCode =
   | "bad-handshake" // handshake message did not authenticate: wrong key or not a peer of ours
+  | "key-confirmation" // the first message authenticated but the key confirmation did not (a replayed or tampered handshake)
   | "bad-record" // a record failed authentication or is malformed
   | "bad-framing" // a WebSocket message did not hold exactly whole records
   | "after-end" // data after an authenticated end of stream

@@ -1,0 +1,54 @@
+/**
+ * Failures of connections that never authenticated (wrong key, timeouts, scanners, floods) are
+ * counted, not logged one by one: the first of a quiet period is logged at once, the rest are
+ * summed up in one line per interval. Each one's detail is still there at debug level. A flood of
+ * strangers therefore cannot drown the operator's log or trip journald's rate limit.
+ */
+import type { Logger } from "./log.js";
+
+export const SUMMARY_INTERVAL_MS = 10_000;
+
+export class FailureSummary {
+  private counts = new Map<string, number>();
+  private timer: NodeJS.Timeout | null = null;
+
+  /** `what` names the failures in the summary line, e.g. "connections failed before authenticating". */
+  constructor(
+    private readonly log: Logger,
+    private readonly what: string,
+    private readonly intervalMs = SUMMARY_INTERVAL_MS,
+  ) {}
+
+  /** One failure: `reason` is a short class ("wrong key", "timeout"); `message` the full line. */
+  note(reason: string, message: string, detail: Record<string, unknown> = {}): void {
+    this.log.debug(detail, message);
+    if (this.timer === null) {
+      // Quiet until now: say it in full, then count for one interval.
+      this.log.warn(detail, message);
+      this.timer = setTimeout(() => this.flush(), this.intervalMs);
+      this.timer.unref();
+      return;
+    }
+    this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+  }
+
+  private flush(): void {
+    this.timer = null;
+    if (this.counts.size === 0) return;
+    let total = 0;
+    const byReason: Record<string, number> = {};
+    for (const [reason, n] of this.counts) {
+      byReason[reason] = n;
+      total += n;
+    }
+    this.counts = new Map();
+    const parts = Object.entries(byReason).map(([r, n]) => `${r} ${n}`);
+    this.log.warn(
+      { count: total, reasons: byReason, intervalSeconds: this.intervalMs / 1000 },
+      `${total} more ${this.what} in the last ${this.intervalMs / 1000} s (${parts.join(", ")}; details at --log-level debug)`,
+    );
+    // Keep summarising while failures go on; the next quiet interval ends it.
+    this.timer = setTimeout(() => this.flush(), this.intervalMs);
+    this.timer.unref();
+  }
+}

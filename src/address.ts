@@ -43,14 +43,24 @@ export function parseAddress(text: string, opts: ParseOptions = {}): Address {
 
   let host: string;
   let portText: string;
-  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(t);
+  const bracketed = t.startsWith("[");
   if (bracketed) {
-    [, host, portText] = bracketed;
+    const close = t.indexOf("]");
+    if (close < 0) throw new AddressError(`${t}: missing "]" after the IPv6 address (write [ipv6]:port)`);
+    host = t.slice(1, close);
+    const after = t.slice(close + 1);
+    if (host === "") throw new AddressError(`${t}: nothing between "[" and "]" (write [ipv6]:port)`);
+    if (after === "" || after === ":")
+      throw new AddressError(`${t}: missing port after "]" (write [${host}]:port)`);
+    if (!after.startsWith(":"))
+      throw new AddressError(`${t}: unexpected "${after}" after "]" (write [${host}]:port)`);
+    portText = after.slice(1);
   } else {
     const colon = t.lastIndexOf(":");
     if (colon < 0) throw new AddressError(`${t}: missing port (write host:port, [ipv6]:port or /unix/path)`);
     host = t.slice(0, colon);
     portText = t.slice(colon + 1);
+    if (host.includes("]")) throw new AddressError(`${t}: "]" without a "[" before it (write [ipv6]:port)`);
     if (host.includes(":"))
       throw new AddressError(`${t}: write an IPv6 address in brackets, e.g. [${host}]:${portText}`);
   }

@@ -8,8 +8,8 @@
  *   monopiped bench [options]                                 benchmark (see docs/BENCHMARKS.md)
  *
  * The flags are those of the original monopiped (-l/--listener -t -e -d -k -w) and of spiped (-s -t -k
- * -e -d -n -o -b -F -j -p -f -g -u -r -R -v), so either tool's command line works unchanged (-D and
- * --syslog are refused with a message saying what to do instead). A usage error exits 2
+ * -e -d -n -o -b -F -D -j -p -f -g -u -r -R -v --syslog), so either tool's command line works (what
+ * differs from spiped: README, "Working with spiped"). A usage error exits 2
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
 import { readFileSync } from "node:fs";
@@ -30,6 +30,13 @@ export const VERSION: string = (() => {
     return "unknown";
   }
 })();
+
+/** What `monopiped` alone prints (to standard error, exit 2): the commands, and where to learn more. */
+export const USAGE = `Usage: monopiped -e|-d -l ADDR -t ADDR|URL -k KEYFILE [options]   one end of a tunnel
+       monopiped pipe -t ADDR|URL -k KEYFILE [options]          one connection on stdin/stdout
+       monopiped keygen KEYFILE                                  make a new key file
+Try 'monopiped --help' for the options and examples.
+`;
 
 export const HELP = `monopiped ${VERSION} - encrypted tunnel for TCP applications, over TCP or WebSockets
 
@@ -58,11 +65,11 @@ Required:
 
 Options:
   -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
-      --protocol NAME        monopiped2 (default), monopiped1 (alias v1: the original Rust
-                             monopiped's wire format), spiped (spiped 1.6's wire format, to
-                             work with a real spiped at the other end), auto (-d only, the
-                             default there: serves monopiped2 and monopiped1 clients; it
-                             cannot detect spiped clients: serve those with --protocol spiped)
+      --protocol NAME        monopiped2 (the default on both ends: replay-safe, forward secret),
+                             monopiped1 (alias v1: the original Rust monopiped's wire format),
+                             spiped (spiped 1.6's wire format, to work with a real spiped),
+                             auto (-d only: also serves original monopiped1 clients, whose
+                             replayed handshake reaches the target; it warns at start-up)
   -f, --no-pfs               --protocol spiped: no forward secrecy (as spiped -f)
   -g, --require-pfs          --protocol spiped: refuse a peer without forward secrecy (spiped -g)
   -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
@@ -70,13 +77,22 @@ Options:
       --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
   -b, --bind HOST            local address for outgoing connections
   -j, --no-keepalive         do not enable TCP keepalive
-  -p, --pidfile FILE         write the process id to FILE
-  -F, --foreground           accepted for spiped compatibility (monopiped never daemonizes)
+  -p, --pidfile FILE         write the process id to FILE (removed on exit); checked before
+                             binding. With --daemon the default is ADDR.pid (-l ADDR), as spiped
+      --daemon               run in the background once listening (spiped's default); the
+                             command returns 0 when the background process serves, 1 if it
+                             cannot start. Its log goes to a file given as standard error
+                             (2>>FILE) or to --syslog, else nowhere
+  -F, --foreground           stay in the foreground (the default; accepted as spiped's -F)
+  -D, --wait-dns             as spiped -D: look up the -l and -t names until they resolve
+                             (retrying with a growing pause, each failure logged once), then serve
+      --syslog               log to the local syslog (/dev/log, through util-linux's logger)
+                             instead of standard error
   -u, --user USER[:GROUP]    after binding, run as USER (and GROUP; or :GROUP alone), as spiped
   -r, --resolve-interval S,  accepted for spiped compatibility: monopiped resolves the target's
   -R, --no-resolve           name at every connection, never from a cache
       --log-level LEVEL      trace, debug, info (default), warn, error, silent
-      --log-format FORMAT    text (default) or json; logs go to standard error
+      --log-format FORMAT    text (default) or json; logs go to standard error (or --syslog)
   -h, --help                 show this help
   -v, --version              print the version
 
@@ -105,6 +121,10 @@ Examples:
   server:  monopiped -l 127.0.0.1:3000 -t 127.0.0.1:22 -d -k key.bin -w
   # No local port at all: ssh runs the client end itself, one per session (as spipe):
   ssh -o ProxyCommand='monopiped pipe -t server.example.com:2222 -k key.bin' server.example.com
+  # A spiped command line, in the background as spiped runs (pidfile [0.0.0.0]:2222.pid):
+  monopiped -d -s '[0.0.0.0]:2222' -t '[127.0.0.1]:22' -k key.bin --protocol spiped --daemon
+  # Also serve clients still running the original monopiped while they migrate:
+  server:  monopiped -l 0.0.0.0:2222 -t 127.0.0.1:22 -d -k key.bin --protocol auto
 
 Exit status: 0 after a clean stop, 1 when it cannot start (key file, address), 2 on a usage error.
 `;
@@ -131,7 +151,8 @@ export const RUN_OPTIONS = {
   user: { type: "string", short: "u" },
   "resolve-interval": { type: "string", short: "r" },
   "no-resolve": { type: "boolean", short: "R" },
-  daemon: { type: "boolean", short: "D" },
+  "wait-dns": { type: "boolean", short: "D" },
+  daemon: { type: "boolean" },
   syslog: { type: "boolean" },
   "log-level": { type: "string" },
   "log-format": { type: "string" },
@@ -154,12 +175,43 @@ function flagName(name: string): string {
   return short ? `-${short}/--${name}` : `--${name}`;
 }
 
+/**
+ * `-n -1`, `-o -5`: a value that is a negative number belongs to the flag before it (as with
+ * spiped's getopt), so that the flag's own check can say what is wrong with it; parseArgs alone
+ * would take it for an option and say the flag "needs a value".
+ */
+function joinNegativeValues(
+  argv: string[],
+  options: Record<string, { type: "string" | "boolean"; short?: string }>,
+): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const name = a.startsWith("--")
+      ? a.slice(2)
+      : /^-[^-]$/.test(a)
+        ? Object.keys(options).find((k) => options[k].short === a[1])
+        : undefined;
+    const next = argv[i + 1];
+    if (name && options[name]?.type === "string" && next !== undefined && /^-\.?\d/.test(next)) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else out.push(a);
+  }
+  return out;
+}
+
 /** parseArgs, with its errors reworded and every option allowed once (as spiped does). */
 export function parse<
   T extends Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }>,
 >(argv: string[], options: T, positionals = false) {
+  const args = joinNegativeValues(argv, options);
   const parseStrict = () =>
-    parseArgs({ args: argv, options, allowPositionals: positionals, strict: true, tokens: true });
+    parseArgs({ args, options, allowPositionals: positionals, strict: true, tokens: true });
   let parsed: ReturnType<typeof parseStrict>;
   try {
     parsed = parseStrict();
@@ -229,6 +281,9 @@ const NOT_FOR_PIPE = [
   "path",
   "trust-proxy",
   "user",
+  "daemon",
+  "wait-dns",
+  "syslog",
 ] as const;
 
 /**
@@ -242,6 +297,12 @@ export function parseRunArgs(
   keyPath: string;
   pidfile?: string;
   runAs?: RunAs;
+  /** --daemon: run in the background once listening (spiped's default; see src/daemon.ts). */
+  daemon: boolean;
+  /** -D: wait until the listen and target names resolve before listening (spiped's -D). */
+  waitForDns: boolean;
+  /** --syslog: the log goes to syslog instead of standard error. */
+  syslog: boolean;
 } {
   const { values: v } = parse(argv, RUN_OPTIONS);
   if (flavour === "pipe") {
@@ -253,14 +314,8 @@ export function parseRunArgs(
     v.encrypt = true;
     v.listen = "-";
   }
-  if (v.daemon)
-    throw new UsageError(
-      "-D: monopiped does not daemonize; run it in the foreground under systemd, runit or a container supervisor (what spiped -F does)",
-    );
-  if (v.syslog)
-    throw new UsageError(
-      "--syslog: monopiped logs to standard error; let journald or the supervisor collect it (--log-format json for structured lines)",
-    );
+  if (v.daemon && v.foreground)
+    throw new UsageError("--daemon and -F/--foreground contradict each other: give one");
   // spiped's re-resolution flags: checked as spiped checks them, then nothing to do (see --help).
   number(v["resolve-interval"], "-r/--resolve-interval", 60, (n) => n >= 0, "seconds >= 0");
   if (v["no-resolve"] && v["resolve-interval"] !== undefined && Number(v["resolve-interval"]) !== 60)
@@ -373,8 +428,12 @@ export function parseRunArgs(
     graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
     keepAlive: !v["no-keepalive"],
     bindHost: v.bind,
-    pidfile: v.pidfile,
+    // spiped's rule: a daemon's pidfile is the listen address as given, plus ".pid" (unless -p).
+    pidfile: v.pidfile ?? (v.daemon ? `${listenText}.pid` : undefined),
     runAs,
+    daemon: Boolean(v.daemon),
+    waitForDns: Boolean(v["wait-dns"]),
+    syslog: Boolean(v.syslog),
     pingIntervalMs:
       number(v["ping-interval"], "--ping-interval", 30, (n) => n >= 0, "seconds >= 0 (0 = no pings)") * 1000,
     wsServer: { path: v.path, trustProxy: Boolean(v["trust-proxy"]) },
@@ -420,18 +479,25 @@ export function keygen(argv: string[]): number {
   return 0;
 }
 
-/** The Config with the key file read and checked; null (after saying why) when it cannot be used. */
-export function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): Config | null {
+/**
+ * The Config with the key file read and checked; null (after `report` said why) when it cannot be
+ * used. `report` defaults to a line on standard error.
+ */
+export function withKeys(
+  flags: ReturnType<typeof parseRunArgs>,
+  log: Logger,
+  report: (message: string) => void = (m) => process.stderr.write(`monopiped: ${m}\n`),
+): Config | null {
   let keyFile: ReturnType<typeof readKeyFile>;
   try {
     keyFile = readKeyFile(flags.keyPath);
   } catch (err) {
     if (err instanceof KeyFileError) {
-      process.stderr.write(`monopiped: ${err.message}\n`);
+      report(err.message);
       return null;
     }
     throw err;
   }
-  if (keyFile.warning) log.warn(keyFile.warning);
+  for (const warning of keyFile.warnings) log.warn(warning);
   return { ...flags, proxyProtocol: false, keys: [prepareKeys(keyFile.bytes)] };
 }

@@ -3,6 +3,7 @@
  * --log-format json; otherwise one human-readable line per event: "time LEVEL message key=value ...".
  */
 import { type Logger, pino } from "pino";
+import type { LineOutput } from "./syslog.js";
 
 export type LogFormat = "text" | "json";
 export const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"] as const;
@@ -24,18 +25,30 @@ function formatValue(v: unknown): string {
   return /[\s"=]/.test(s) ? JSON.stringify(s) : s;
 }
 
-/** Turns one pino JSON line into a text line. */
-export function textLine(json: string): string {
+/** Turns one pino JSON line into a text line (without the time when `withTime` is false). */
+export function textLine(json: string, withTime = true): string {
   const o = JSON.parse(json) as Record<string, unknown>;
-  const time = new Date(o.time as number).toISOString();
+  const time = withTime ? `${new Date(o.time as number).toISOString()} ` : "";
   const fields = Object.entries(o)
     .filter(([k]) => !OMIT.has(k))
     .map(([k, v]) => `${k}=${formatValue(v)}`);
-  return `${time} ${LEVEL_NAMES[o.level as number] ?? o.level} ${o.msg ?? ""}${fields.length ? ` ${fields.join(" ")}` : ""}\n`;
+  return `${time}${LEVEL_NAMES[o.level as number] ?? o.level} ${o.msg ?? ""}${fields.length ? ` ${fields.join(" ")}` : ""}\n`;
 }
 
-export function createLogger(level: LogLevel, format: LogFormat): Logger {
+/**
+ * A logger to standard error, or to `output` (--syslog: one line per message with its pino level;
+ * no time in text lines, since syslog stamps them).
+ */
+export function createLogger(level: LogLevel, format: LogFormat, output?: LineOutput): Logger {
   const opts = { level, base: undefined };
+  if (output) {
+    return pino(opts, {
+      write: (json: string) => {
+        const lvl = (JSON.parse(json) as { level: number }).level;
+        output.write(lvl, (format === "json" ? json : textLine(json, false)).trimEnd());
+      },
+    });
+  }
   if (format === "json") return pino(opts, pino.destination({ fd: 2, sync: true }));
   return pino(opts, { write: (line: string) => process.stderr.write(textLine(line)) });
 }

@@ -21,8 +21,14 @@ Example, ssh without a local port (the server end runs monopiped -d in front of 
 
 /** `monopiped pipe`: one tunneled connection on standard input/output. */
 export async function pipe(argv: string[]): Promise<number> {
+  if (argv.length === 0) {
+    process.stderr.write(
+      "Usage: monopiped pipe -t ADDR|URL -k KEYFILE [options]   one connection on stdin/stdout\nTry 'monopiped pipe --help' for the options and an example.\n",
+    );
+    return 2;
+  }
   const { values } = parse(argv, RUN_OPTIONS);
-  if (values.help || argv.length === 0) {
+  if (values.help) {
     process.stdout.write(PIPE_HELP);
     return 0;
   }

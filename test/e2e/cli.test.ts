@@ -58,9 +58,39 @@ describe("usage errors exit 2 and name the flag", () => {
       /-o\/--timeout -3: expected/,
     ],
     [
-      "-o dash value",
-      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-o", "-3"],
-      /option -o needs a value.*--timeout=VALUE/,
+      "-o negative, as a separate argument",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-o", "-5"],
+      /-o\/--timeout -5: expected seconds, a number > 0/,
+    ],
+    [
+      "-n negative",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-n", "-1"],
+      /-n\/--max-conns -1: expected a whole number >= 0/,
+    ],
+    [
+      "--grace negative",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--grace", "-2"],
+      /--grace -2: expected seconds >= 0/,
+    ],
+    [
+      "--ping-interval negative",
+      ["-e", "-l", "127.0.0.1:1", "-t", "ws://127.0.0.1:2/", "-k", "k", "--ping-interval", "-.5"],
+      /--ping-interval -\.5: expected seconds >= 0/,
+    ],
+    [
+      "-r negative",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-r", "-1"],
+      /-r\/--resolve-interval -1: expected seconds >= 0/,
+    ],
+    [
+      "a value that starts with - but is not a number still needs =",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "-x"],
+      /option -k needs a value.*--key=VALUE/,
+    ],
+    [
+      "unclosed IPv6 bracket",
+      ["-e", "-l", "[::1", "-t", "127.0.0.1:2", "-k", "k"],
+      /-l\/--listen: \[::1: missing "\]" after the IPv6 address \(write \[ipv6\]:port\)/,
     ],
     [
       "twice",
@@ -73,14 +103,14 @@ describe("usage errors exit 2 and name the flag", () => {
       /-l\/--listen and -s\/--source/,
     ],
     [
-      "-D (daemonize)",
-      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-D"],
-      /-D: .*does not daemonize/,
+      "--daemon and -F",
+      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--daemon", "-F"],
+      /--daemon and -F\/--foreground contradict/,
     ],
     [
-      "--syslog",
-      ["-d", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "--syslog"],
-      /--syslog: .*standard error/,
+      "-D for pipe",
+      ["pipe", "-t", "127.0.0.1:2", "-k", "k", "-D"],
+      /-D\/--wait-dns does not apply to monopiped pipe/,
     ],
     [
       "-R with -r",
@@ -176,6 +206,76 @@ describe("key files", () => {
   });
 });
 
+describe("key files that are not regular files, or too large", () => {
+  const run = (k: string) =>
+    cli("-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", k, "--log-level", "silent");
+  it("-k /dev/urandom exits 1 at once, naming the file (it used to be read forever)", () => {
+    const r = run("/dev/urandom");
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /key file \/dev\/urandom is a character device; a key file must be a regular file/);
+  });
+  it("-k FIFO exits 1 at once instead of waiting for a writer", () => {
+    const fifo = join(dir, "key.fifo");
+    assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+    const r = run(fifo);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /key\.fifo is a named pipe \(FIFO\)/);
+  });
+  it("a key file over 1 MiB exits 1", () => {
+    const p = join(dir, "huge.bin");
+    writeFileSync(p, Buffer.alloc(2 * 1024 * 1024, 7), { mode: 0o600 });
+    const r = run(p);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.err, /huge\.bin has 2097152 bytes, more than the 1048576 \(1 MiB\)/);
+  });
+  it("a passphrase is accepted with a warning", async () => {
+    const p = join(dir, "phrase.txt");
+    writeFileSync(p, "this is my secret tunnel passphrase\n", { mode: 0o600 });
+    const e = await startEnd(["-e", "-l", "127.0.0.1:0", "-t", "127.0.0.1:9", "-k", p]);
+    try {
+      const w = await e.waitForLog((l) => /looks like a passphrase/.test(l.msg));
+      assert.equal(w.level, 40);
+      assert.match(w.msg, /phrase\.txt .*monopiped keygen/);
+    } finally {
+      await e.stop();
+    }
+  });
+});
+
+describe("first use", () => {
+  for (const args of [[], ["pipe"]]) {
+    it(`monopiped ${args.join(" ")} with no arguments: a short usage on stderr pointing at --help, exit 2`, () => {
+      const r = cli(...args);
+      assert.equal(r.code, 2);
+      assert.equal(r.out, "");
+      const lines = r.err.trimEnd().split("\n");
+      assert.ok(lines.length >= 2 && lines.length <= 6, r.err);
+      assert.match(r.err, /^Usage: monopiped /);
+      assert.match(r.err, /-t ADDR/);
+      assert.match(r.err, /--help/);
+    });
+  }
+});
+
+describe("pidfile", () => {
+  it("an unwritable -p exits 1 with one line naming it, before binding (no stack trace)", async () => {
+    // A free port, so that we can tell whether the failed start bound it.
+    const probe = await listen(echoHandler);
+    const port = probe.port;
+    await probe.close();
+    const pidfile = join(dir, "no-such-dir", "end.pid");
+    const r = cli("-d", "-l", `127.0.0.1:${port}`, "-t", "127.0.0.1:9", "-k", key, "-p", pidfile);
+    assert.equal(r.code, 1);
+    assert.equal(r.err.trimEnd().split("\n").length, 1, r.err);
+    assert.match(
+      r.err,
+      /^monopiped: -p\/--pidfile .*no-such-dir\/end\.pid: cannot write it: its directory does not exist\n$/,
+    );
+    assert.doesNotMatch(r.err, /\n\s+at |internal error|listening/);
+    await assert.rejects(connect(port), /ECONNREFUSED/, "nothing left listening");
+  });
+});
+
 describe("keygen", () => {
   it("writes 32 random bytes with mode 0600 and refuses to overwrite without --force", () => {
     const p = join(dir, "new.bin");
@@ -204,6 +304,9 @@ describe("help and version", () => {
     const r = cli("--help");
     assert.equal(r.code, 0);
     for (const s of [
+      "--daemon",
+      "-D, --wait-dns",
+      "--syslog",
       "-e, --encrypt",
       "-d, --decrypt",
       "-l, --listen",

@@ -4,8 +4,8 @@
  * PID; the DNS test changes /etc/hosts only inside a private mount namespace of its own end.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import "../helpers/stop-all.js";
@@ -201,6 +201,112 @@ describe("-D: wait for DNS", () => {
         "the machine's /etc/hosts untouched",
       );
       await serves(d.address);
+    } finally {
+      await d.stop();
+    }
+  });
+});
+
+/**
+ * A wrapper that runs its arguments in a private mount namespace whose /dev is a fresh tmpfs with
+ * null, zero, random and urandom, and /dev/log a link to `socket` when one is given (none: there
+ * is no syslog socket at all). The machine's /dev is untouched.
+ */
+function withOwnDev(name: string, socket?: string): string {
+  const oldDev = join(dir, `${name}-dev`);
+  mkdirSync(oldDev);
+  const wrapper = join(dir, name);
+  const script = [
+    "set -e",
+    `mount --bind /dev '${oldDev}'`,
+    "mount -t tmpfs none /dev",
+    `for n in null zero random urandom; do touch /dev/$n; mount --bind '${oldDev}'/$n /dev/$n; done`,
+    socket ? `ln -s '${socket}' /dev/log` : "true",
+    'exec "$@"',
+  ].join("; ");
+  writeFileSync(
+    wrapper,
+    `#!/bin/sh\nexec unshare --mount sh -c '${script.replace(/'/g, "'\\''")}' sh '${process.execPath}' "$@"\n`,
+  );
+  chmodSync(wrapper, 0o755);
+  return wrapper;
+}
+
+describe("--syslog", () => {
+  it("sends the log to /dev/log, one datagram per line with its priority (daemon facility)", async () => {
+    const socket = join(dir, "log.sock");
+    const receiver = spawn(
+      "python3",
+      [
+        "-c",
+        "import socket,sys,json\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint('bound',flush=True)\nwhile True: print(json.dumps(s.recv(65536).decode('utf-8','replace')),flush=True)",
+        socket,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    let received = "";
+    receiver.stdout.setEncoding("utf8");
+    receiver.stdout.on("data", (t: string) => {
+      received += t;
+    });
+    const lines = () =>
+      received
+        .split("\n")
+        .slice(1)
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as string);
+    try {
+      await until("the syslog receiver is bound", () => received.startsWith("bound\n"));
+      const port = await freePort();
+      const pidfile = join(dir, "syslog.pid");
+      const wrapper = withOwnDev("node-with-syslog", socket);
+      const args = ["-d", "-l", `127.0.0.1:${port}`, "-t", `127.0.0.1:${target.port}`, "-k", key];
+      const r = spawnSync(
+        wrapper,
+        [...RUNTIME_FLAGS, CLI_PATH, ...args, "--syslog", "--daemon", "-p", pidfile],
+        {
+          encoding: "utf8",
+          timeout: 60_000,
+        },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stderr, "", "nothing on standard error");
+      const pid = Number(readFileSync(pidfile, "utf8").trim());
+      daemons.add(pid);
+      await until("the listening line reaches syslog", () => lines().some((l) => l.includes("listening on")));
+      const listening = lines().find((l) => l.includes("listening on")) as string;
+      // <30> = daemon.info; logger stamps the time, our tag and the daemon's PID.
+      assert.match(
+        listening,
+        new RegExp(`^<30>.* monopiped\\[${pid}\\]: INFO listening on 127\\.0\\.0\\.1:${port}, decrypting`),
+      );
+      await serves(`127.0.0.1:${port}`);
+      process.kill(pid, "SIGTERM");
+      await until("the daemon exits", () => !alive(pid));
+      await until("its last line reaches syslog", () => lines().some((l) => /INFO stopped$/.test(l)));
+    } finally {
+      receiver.kill("SIGKILL");
+    }
+  });
+
+  it("with no syslog socket: one line says so, and the log stays on standard error", async () => {
+    const wrapper = withOwnDev("node-without-syslog");
+    const args = ["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "--syslog"];
+    const r = spawnSync(wrapper, [...RUNTIME_FLAGS, CLI_PATH, ...args, "-k", join(dir, "missing.key")], {
+      encoding: "utf8",
+      timeout: 60_000,
+    });
+    assert.equal(r.status, 1);
+    assert.match(
+      r.stderr,
+      /^monopiped: --syslog: no syslog socket at \/dev\/log .*; logging to standard error instead\n.*missing\.key does not exist/,
+    );
+    const d = await startEnd([...args, "-k", key], { nodePath: wrapper });
+    try {
+      assert.ok(
+        d.logs.some((l) => l.msg.startsWith("listening on")),
+        "the log is on standard error",
+      );
     } finally {
       await d.stop();
     }

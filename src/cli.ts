@@ -13,6 +13,7 @@
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
 import { readFileSync } from "node:fs";
+import net from "node:net";
 import { parseArgs } from "node:util";
 import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
@@ -268,6 +269,22 @@ function address(value: string, flag: string, allowUrl: boolean, allowPortZero: 
   }
 }
 
+/**
+ * -b: the local address of outgoing connections, as spiped takes it: an IP address, bare or in
+ * brackets, with an optional port that can only be 0 (any) here.
+ */
+function bindAddress(text: string): string {
+  const m = /^\[([^\]]*)\](?::(\d+))?$/.exec(text) ?? /^([^:[\]]*)(?::(\d+))?$/.exec(text);
+  const host = m ? m[1] : text;
+  if (net.isIP(host) === 0)
+    throw new UsageError(
+      `-b/--bind ${text}: expected an IP address of this machine, e.g. -b 192.0.2.10 or -b [2001:db8::10]`,
+    );
+  if (m?.[2] !== undefined && Number(m[2]) !== 0)
+    throw new UsageError(`-b/--bind ${text}: a fixed local port is not supported; give the address alone`);
+  return host;
+}
+
 /** Flags that make no sense for `monopiped pipe` (one connection on standard input/output). */
 const NOT_FOR_PIPE = [
   "decrypt",
@@ -427,7 +444,7 @@ export function parseRunArgs(
     timeoutMs: timeout * 1000,
     graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
     keepAlive: !v["no-keepalive"],
-    bindHost: v.bind,
+    bindHost: v.bind === undefined ? undefined : bindAddress(v.bind),
     // spiped's rule: a daemon's pidfile is the listen address as given, plus ".pid" (unless -p).
     pidfile: v.pidfile ?? (v.daemon ? `${listenText}.pid` : undefined),
     runAs,

@@ -88,6 +88,16 @@ describe("usage errors exit 2 and name the flag", () => {
       /option -k needs a value.*--key=VALUE/,
     ],
     [
+      "-b with a name",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-b", "example.com"],
+      /-b\/--bind example\.com: expected an IP address/,
+    ],
+    [
+      "-b with a port",
+      ["-e", "-l", "127.0.0.1:1", "-t", "127.0.0.1:2", "-k", "k", "-b", "[127.0.0.1]:4000"],
+      /-b\/--bind \[127\.0\.0\.1\]:4000: a fixed local port is not supported/,
+    ],
+    [
       "unclosed IPv6 bracket",
       ["-e", "-l", "[::1", "-t", "127.0.0.1:2", "-k", "k"],
       /-l\/--listen: \[::1: missing "\]" after the IPv6 address \(write \[ipv6\]:port\)/,
@@ -372,6 +382,50 @@ describe("spiped's -u (run as another user after binding) and -r/-R", () => {
           await e.stop();
         }
       } finally {
+        await d.stop();
+      }
+    } finally {
+      await target.close();
+    }
+  });
+  it("-b as spiped writes it ([127.0.0.3]:0, or the address alone): outgoing connections leave from it", async () => {
+    const target = await listen((s) => {
+      s.end(s.remoteAddress ?? "");
+    });
+    try {
+      const d = await startEnd([
+        "-d",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `127.0.0.1:${target.port}`,
+        "-k",
+        key,
+        "-b",
+        "127.0.0.2",
+      ]);
+      const e = await startEnd([
+        "-e",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        d.address,
+        "-k",
+        key,
+        "-b",
+        "[127.0.0.3]:0",
+      ]);
+      try {
+        const sock = await connect(e.port);
+        const chunks: Buffer[] = [];
+        sock.on("data", (c) => chunks.push(c));
+        sock.end();
+        await new Promise((r) => sock.once("close", r));
+        assert.equal(Buffer.concat(chunks).toString(), "127.0.0.2", "the -d end's -b");
+        const opened = await d.waitForLog((l) => l.msg === "connection opened");
+        assert.match(String(opened.peer), /^127\.0\.0\.3:/, "the -e end's -b");
+      } finally {
+        await e.stop();
         await d.stop();
       }
     } finally {

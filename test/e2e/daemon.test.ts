@@ -37,6 +37,9 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** A private mount namespace: as root directly, otherwise inside a user namespace of our own. */
+const UNSHARE = process.getuid?.() === 0 ? "unshare --mount" : "unshare --user --map-root-user --mount";
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -173,7 +176,7 @@ describe("-D: wait for DNS", () => {
     const wrapper = join(dir, "node-with-own-hosts");
     writeFileSync(
       wrapper,
-      `#!/bin/sh\nexec unshare --mount sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' '${hosts}' '${process.execPath}' "$@"\n`,
+      `#!/bin/sh\nexec ${UNSHARE} sh -c 'mount --bind "$0" /etc/hosts && exec "$@"' '${hosts}' '${process.execPath}' "$@"\n`,
     );
     chmodSync(wrapper, 0o755);
     const name = "late-target.monopiped.test";
@@ -226,7 +229,7 @@ function withOwnDev(name: string, socket?: string): string {
   ].join("; ");
   writeFileSync(
     wrapper,
-    `#!/bin/sh\nexec unshare --mount sh -c '${script.replace(/'/g, "'\\''")}' sh '${process.execPath}' "$@"\n`,
+    `#!/bin/sh\nexec ${UNSHARE} sh -c '${script.replace(/'/g, "'\\''")}' sh '${process.execPath}' "$@"\n`,
   );
   chmodSync(wrapper, 0o755);
   return wrapper;

@@ -76,7 +76,7 @@ Options:
   -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
   -o, --timeout SECONDS      handshake and connect timeout (default 5)
       --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
-  -b, --bind HOST            local address for outgoing connections
+  -b, --bind IP              local address for outgoing connections (also as spiped: [IP]:0)
   -j, --no-keepalive         do not enable TCP keepalive
   -p, --pidfile FILE         write the process id to FILE (removed on exit); checked before
                              binding. With --daemon the default is ADDR.pid (-l ADDR), as spiped
@@ -127,7 +127,8 @@ Examples:
   # Also serve clients still running the original monopiped while they migrate:
   server:  monopiped -l 0.0.0.0:2222 -t 127.0.0.1:22 -d -k key.bin --protocol auto
 
-Exit status: 0 after a clean stop, 1 when it cannot start (key file, address), 2 on a usage error.
+Exit status: 0 after a clean stop (--daemon: once the background process serves), 1 when it
+cannot start (key file, pidfile, address), 2 on a usage error.
 `;
 
 export const RUN_OPTIONS = {

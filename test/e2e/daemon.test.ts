@@ -9,7 +9,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync }
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import "../helpers/stop-all.js";
-import { CLI_PATH, RUNTIME_FLAGS, startEnd } from "../../src/harness.js";
+import { CLI_PATH, type LogLine, RUNTIME_FLAGS, startEnd } from "../../src/harness.js";
 import {
   connect,
   echoHandler,
@@ -180,32 +180,62 @@ describe("-D: wait for DNS", () => {
     );
     chmodSync(wrapper, 0o755);
     const name = "late-target.monopiped.test";
-    const started = startEnd(["-d", "-l", "127.0.0.1:0", "-t", `${name}:${target.port}`, "-k", key, "-D"], {
-      nodePath: wrapper,
+    const args = [
+      "-d",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `${name}:${target.port}`,
+      "-k",
+      key,
+      "-D",
+      "--log-format",
+      "json",
+    ];
+    const child = spawn(wrapper, [...RUNTIME_FLAGS, CLI_PATH, ...args], {
+      stdio: ["ignore", "ignore", "pipe"],
     });
-    await new Promise((r) => setTimeout(r, 3000));
-    const resolvableFrom = Date.now();
-    writeFileSync(hosts, `127.0.0.1 localhost\n127.0.0.1 ${name}\n`);
-    const d = await started;
+    daemons.add(child.pid as number);
+    const exited = new Promise((r) => child.once("exit", r));
+    const logs: LogLine[] = [];
+    let partial = "";
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (t: string) => {
+      const lines = (partial + t).split("\n");
+      partial = lines.pop() ?? "";
+      for (const line of lines) {
+        try {
+          logs.push(JSON.parse(line) as LogLine);
+        } catch {
+          logs.push({ level: 0, msg: line });
+        }
+      }
+    });
+    const failures = () => logs.filter((l) => l.msg.startsWith(`-D: cannot resolve ${name}`));
+    const listening = () => logs.find((l) => l.msg.startsWith("listening on"));
     try {
-      const failures = d.logs.filter((l) => l.msg.startsWith(`-D: cannot resolve ${name}`));
-      assert.equal(failures.length, 1, "the failure is logged once, not once per try");
-      assert.equal(failures[0].level, 40);
-      assert.match(failures[0].msg, /-t\/--target.*trying again until it resolves/);
-      const listening = d.logs.find((l) => l.msg.startsWith("listening on"));
-      assert.ok(
-        listening && (listening.time as number) >= resolvableFrom - 50,
-        "listens only once the name resolves",
-      );
-      assert.ok(d.logs.some((l) => l.msg === `-D: ${name} (-t/--target) resolves now`));
+      await until("the failed look-up is logged", () => failures().length > 0, 30_000);
+      // Several more tries (after 0.5 s and 1 s) while the name still does not resolve.
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.equal(listening(), undefined, "not listening while the target's name does not resolve");
+      const resolvableFrom = Date.now();
+      writeFileSync(hosts, `127.0.0.1 localhost\n127.0.0.1 ${name}\n`);
+      await until("it listens", () => listening() !== undefined, 30_000);
+      const ready = listening() as LogLine;
+      assert.ok((ready.time as number) >= resolvableFrom - 50, "listens only once the name resolves");
+      assert.equal(failures().length, 1, "the failure is logged once, not once per try");
+      assert.equal(failures()[0].level, 40);
+      assert.match(failures()[0].msg, /-t\/--target.*trying again until it resolves/);
+      assert.ok(logs.some((l) => l.msg === `-D: ${name} (-t/--target) resolves now`));
       assert.equal(
         readFileSync("/etc/hosts", "utf8").includes(name),
         false,
         "the machine's /etc/hosts untouched",
       );
-      await serves(d.address);
+      await serves(ready.listen as string);
     } finally {
-      await d.stop();
+      child.kill("SIGTERM");
+      await exited;
     }
   });
 });

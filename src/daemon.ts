@@ -18,9 +18,16 @@ const START_TIMEOUT_MS = 60_000;
 
 export type DaemonMessage = { type: "ready" } | { type: "waiting" } | { type: "error"; message: string };
 
+/**
+ * Whether this process is the background copy, decided once at start-up; the variable is then
+ * removed, so that no process this one starts (logger, cluster workers) takes itself for it.
+ */
+const daemonChild = process.env[DAEMON_ENV] === "1" && typeof process.send === "function";
+delete process.env[DAEMON_ENV];
+
 /** True in the background copy that --daemon started. */
 export function isDaemonChild(): boolean {
-  return process.env[DAEMON_ENV] === "1" && typeof process.send === "function";
+  return daemonChild;
 }
 
 /** Background copy: tell the parent how start-up went (no-op otherwise). */

@@ -13,8 +13,8 @@ import { createCipheriv, createDecipheriv, type KeyObject, randomBytes } from "n
 import { hchacha } from "@noble/ciphers/chacha.js";
 import { blake2b } from "@noble/hashes/blake2.js";
 import { ProtocolError } from "./errors.js";
-import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 import { sodium } from "./sodium.js";
+import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 import { privateKeyFromSecret, publicKeyBytes, sharedSecret } from "./x25519.js";
 
 const HELLO_LEN = 48; // sealed 32-byte public key
@@ -97,7 +97,15 @@ class CounterAead {
    */
   sealDetached(cipher: Uint8Array, tag: Uint8Array, plain: Uint8Array): void {
     if (this.na) {
-      this.na.crypto_aead_xchacha20poly1305_ietf_encrypt_detached(cipher, tag, plain, null, null, this.nonce, this.key);
+      this.na.crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+        cipher,
+        tag,
+        plain,
+        null,
+        null,
+        this.nonce,
+        this.key,
+      );
     } else {
       const c = createCipheriv("chacha20-poly1305", this.prepare(), this.iv);
       cipher.set(c.update(plain));
@@ -114,7 +122,15 @@ class CounterAead {
   openDetached(plain: Uint8Array, cipher: Uint8Array, tag: Uint8Array): boolean {
     if (this.na) {
       try {
-        this.na.crypto_aead_xchacha20poly1305_ietf_decrypt_detached(plain, null, cipher, tag, null, this.nonce, this.key);
+        this.na.crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+          plain,
+          null,
+          cipher,
+          tag,
+          null,
+          this.nonce,
+          this.key,
+        );
       } catch {
         return false;
       }
@@ -173,7 +189,9 @@ class Monopiped1Sealer implements RecordSealer {
     const head = carried?.length ?? 0;
     const total = head + input.length;
     const count = Math.ceil(total / MAX_DATA);
-    const wire = Buffer.allocUnsafeSlow(count * FRAME_LEN); // every byte is overwritten below
+    // Every byte is overwritten below. (A single frame, e.g. one per WebSocket message or a short
+    // interactive write, comes from Node's shared pool rather than an allocation of its own.)
+    const wire = Buffer.allocUnsafe(count * FRAME_LEN);
     const frames: Buffer[] = new Array(count);
     for (let k = 0, at = 0; k < count; k++, at += FRAME_LEN) {
       const from = k * MAX_DATA;
@@ -231,7 +249,7 @@ class Monopiped1Opener implements RecordOpener {
     }
     const count = Math.floor((bytes.length - offset) / FRAME_LEN);
     if (count > 0) {
-      const out = Buffer.allocUnsafeSlow(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
+      const out = Buffer.allocUnsafe(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
       let total = 0;
       for (let k = 0; k < count; k++, offset += FRAME_LEN) total += this.openFrame(out, total, bytes, offset);
       if (total > 0) events.push({ type: "data", data: out.subarray(0, total) });

@@ -64,8 +64,8 @@ Options:
   --rounds N             rounds (default 2)
   --bytes SIZE           bytes per transfer at most, e.g. 1G, 256M (default 1G)
   --seconds S            ... and at most about S seconds' worth at the rate the system showed so far
-                         (default 2.5; 0 = always --bytes). The throughput pair of each system is
-                         started once, warmed up with ~1 s of traffic each way, and kept for all rounds
+                         (default 2; 0 = always --bytes). The throughput pair of each system is
+                         started once, warmed up with ~0.7 s of traffic each way, and kept for all rounds
   --nodes LIST           run our ends under these Node major versions (default: every one found:
                          this Node, and Node 24 where .ci/run installs it, or MONOPIPED_NODE24)
   --connects N           sequential connect-and-echo cycles (default 200)
@@ -170,7 +170,7 @@ function parseOptions(argv: string[]): Options | "help" {
       throw new BenchUsageError(`${flag} ${text}: expected a number >= 0`);
     return n;
   };
-  const seconds = real(v.seconds, "--seconds", quick ? 1 : 2.5);
+  const seconds = real(v.seconds, "--seconds", quick ? 1 : 2);
   return {
     rounds: int(v.rounds, "--rounds", quick ? 1 : 2, 1),
     bytes: v.bytes === undefined ? (quick ? 64 * 1024 ** 2 : 1024 ** 3) : parseSize(v.bytes, "--bytes"),
@@ -333,14 +333,14 @@ function failure(err: unknown, pair: Pair): string {
 
 /**
  * Before a throughput pair is measured for the first time: a short transfer tells how long a full one
- * would take at this system's rate, then ~1 s of traffic each way warms both ends up (JIT, buffer
+ * would take at this system's rate, then ~0.7 s of traffic each way warms both ends up (JIT, buffer
  * sizes, the garbage collector's heap), so the rounds measure the steady state rather than a fresh
  * process (which costs our ends ~25% more CPU per GiB in their first second).
  */
 async function warmUp(ctx: Ctx, sys: SystemDef, pair: Pair, tag: string): Promise<void> {
   const probe = await ctx.tool.transfer(pair.entryPort, Math.min(ctx.opts.bytes, 64 * 1024 ** 2), false);
   const est = { up: probe.gbps, down: probe.gbps };
-  const seconds = ctx.opts.quick ? 0.3 : 1;
+  const seconds = ctx.opts.quick ? 0.3 : 0.7;
   for (const dir of ["up", "down"] as const) {
     const bytes = Math.max(16 * 1024 ** 2, Math.min(ctx.opts.bytes, ((est[dir] * 1e9) / 8) * seconds));
     const t = await ctx.tool.transfer(pair.entryPort, Math.round(bytes), dir === "down");

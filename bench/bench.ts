@@ -13,7 +13,9 @@ import os from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { chartSvg } from "./chart.js";
 import { connectRate, holdIdle, iperf3Tool, nodeTool, type Throughput, type ThroughputTool } from "./load.js";
+import { nodeBinaries } from "./nodes.js";
 import {
   cpuSample,
   cpuTreeSeconds,
@@ -41,14 +43,16 @@ import {
   type SystemResult,
   targetsTable,
 } from "./report.js";
-import { type BenchEnv, type Pair, SYSTEMS, type SystemDef, selectSystems, which } from "./systems.js";
+import { allSystems, type BenchEnv, type Pair, type SystemDef, selectSystems, which } from "./systems.js";
 
 const HELP = `Usage: monopiped bench [options]      (or: npm run bench -- [options])
 
 Starts each system under test as a relay pair on loopback (client end -> server end -> target) and
 measures it; systems are interleaved in rounds and the medians reported, with ratios to spiped,
 stunnel and the socat ceiling, and the project's targets.
-Systems: ${SYSTEMS.map((s) => s.id).join(", ")}.
+Systems: ${allSystems()
+  .map((s) => s.id)
+  .join(", ")}.
 
 Measurements, per system and round:
   throughput    one stream each way (iperf3 -c -n BYTES [-R] -J, or a Node source/sink without iperf3)
@@ -57,19 +61,24 @@ Measurements, per system and round:
   idle memory   hold N idle tunneled connections; each end's VmRSS growth divided by N
 
 Options:
-  --rounds N             rounds (default 3)
+  --rounds N             rounds (default 2)
   --bytes SIZE           bytes per transfer at most, e.g. 1G, 256M (default 1G)
   --seconds S            ... and at most about S seconds' worth at the rate the system showed so far
-                         (default 2; 0 = always --bytes)
+                         (default 2; 0 = always --bytes). The throughput pair of each system is
+                         started once, warmed up with ~0.7 s of traffic each way, and kept for all rounds
+  --nodes LIST           run our ends under these Node major versions (default: every one found:
+                         this Node, and Node 24 where .ci/run installs it, or MONOPIPED_NODE24)
   --connects N           sequential connect-and-echo cycles (default 200)
   --parallel-connects N  cycles with 64 at a time (default 1280)
-  --connect-seconds S    ... each of the two at most about S seconds (default 1.5; 0 = no limit)
+  --connect-seconds S    ... each of the two at most about S seconds (default 1; 0 = no limit)
   --conns N              idle connections held (default 1000; 10000 with --big)
   --idle-rounds N        hold the idle connections in the first N rounds only (default 1: at
                          ~100 handshakes/s that test alone takes ~10 s per system)
   --big                  hold 10,000 idle connections (needs ulimit -n >= 2 x 10,000 + 64 per relay end)
   --only NAME,NAME       only these systems (an id or an id prefix: monopiped = all of ours)
   --json FILE            write the results to FILE (default bench-results.json)
+  --svg FILE             write a bar chart of CPU-s/GiB and Gbit/s per system to FILE
+                         (default bench-results.svg)
   --no-iperf3            use the Node source/sink even when iperf3 is installed
   --quick                smoke run: 1 round, 64 MiB transfers, few connections
   --profile              instead: run our pairs (default monopiped2-tcp) under node --cpu-prof, during a
@@ -90,7 +99,9 @@ interface Options {
   idleRounds: number;
   big: boolean;
   only?: string[];
+  nodes?: string[];
   json: string;
+  svg: string;
   iperf3: boolean;
   quick: boolean;
   profile: boolean;
@@ -124,7 +135,9 @@ function parseOptions(argv: string[]): Options | "help" {
         "idle-rounds": { type: "string" },
         big: { type: "boolean" },
         only: { type: "string" },
+        nodes: { type: "string" },
         json: { type: "string" },
+        svg: { type: "string" },
         "no-iperf3": { type: "boolean" },
         quick: { type: "boolean" },
         profile: { type: "boolean" },
@@ -159,12 +172,12 @@ function parseOptions(argv: string[]): Options | "help" {
   };
   const seconds = real(v.seconds, "--seconds", quick ? 1 : 2);
   return {
-    rounds: int(v.rounds, "--rounds", quick ? 1 : 3, 1),
+    rounds: int(v.rounds, "--rounds", quick ? 1 : 2, 1),
     bytes: v.bytes === undefined ? (quick ? 64 * 1024 ** 2 : 1024 ** 3) : parseSize(v.bytes, "--bytes"),
     seconds,
     connects: int(v.connects, "--connects", quick ? 30 : 200, 1),
     parallelConnects: int(v["parallel-connects"], "--parallel-connects", quick ? 128 : 1280, 1),
-    connectSeconds: real(v["connect-seconds"], "--connect-seconds", quick ? 0.5 : 1.5),
+    connectSeconds: real(v["connect-seconds"], "--connect-seconds", quick ? 0.5 : 1),
     conns: int(v.conns, "--conns", big ? 10_000 : quick ? 200 : 1000, 0),
     idleRounds: int(v["idle-rounds"], "--idle-rounds", 1, 0),
     big,
@@ -172,7 +185,12 @@ function parseOptions(argv: string[]): Options | "help" {
       ?.split(",")
       .map((s) => s.trim())
       .filter(Boolean),
+    nodes: v.nodes
+      ?.split(",")
+      .map((s) => s.trim().replace(/^v/, ""))
+      .filter(Boolean),
     json: v.json ?? "bench-results.json",
+    svg: v.svg ?? "bench-results.svg",
     iperf3: !v["no-iperf3"],
     quick,
     profile: Boolean(v.profile),
@@ -273,6 +291,8 @@ interface Ctx {
   idleConns: number;
   /** Last measured rate per system and direction (Gbit/s), to size the next transfer. */
   estimate: Map<string, { up: number; down: number }>;
+  /** Each system's warmed throughput pair, kept across rounds. */
+  bulk: Map<string, Pair>;
 }
 
 /** Bytes for the next transfer: --bytes, or less so it takes about --seconds at the estimated rate. */
@@ -311,6 +331,45 @@ function failure(err: unknown, pair: Pair): string {
   return c ? `${errText(err)} (${c})` : errText(err);
 }
 
+/**
+ * Before a throughput pair is measured for the first time: a short transfer tells how long a full one
+ * would take at this system's rate, then ~0.7 s of traffic each way warms both ends up (JIT, buffer
+ * sizes, the garbage collector's heap), so the rounds measure the steady state rather than a fresh
+ * process (which costs our ends ~25% more CPU per GiB in their first second).
+ */
+async function warmUp(ctx: Ctx, sys: SystemDef, pair: Pair, tag: string): Promise<void> {
+  const probe = await ctx.tool.transfer(pair.entryPort, Math.min(ctx.opts.bytes, 64 * 1024 ** 2), false);
+  const est = { up: probe.gbps, down: probe.gbps };
+  const seconds = ctx.opts.quick ? 0.3 : 0.7;
+  for (const dir of ["up", "down"] as const) {
+    const bytes = Math.max(16 * 1024 ** 2, Math.min(ctx.opts.bytes, ((est[dir] * 1e9) / 8) * seconds));
+    const t = await ctx.tool.transfer(pair.entryPort, Math.round(bytes), dir === "down");
+    est[dir] = t.gbps;
+  }
+  ctx.estimate.set(sys.id, est);
+  progress(`${tag} warmed up: ${est.up.toFixed(2)} / ${est.down.toFixed(2)} Gbit/s`);
+}
+
+/** The system's throughput pair: kept from an earlier round, or started and warmed up now. */
+async function bulkPair(ctx: Ctx, sys: SystemDef, rr: RoundResult, tag: string): Promise<Pair | null> {
+  const kept = ctx.bulk.get(sys.id);
+  if (kept) return kept;
+  const pair = await startPair(ctx, sys, ctx.throughputPort, rr, "throughput", tag);
+  if (!pair) return null;
+  try {
+    await warmUp(ctx, sys, pair, tag);
+  } catch (err) {
+    rr.errors.push(`throughput warm-up: ${failure(err, pair)}`);
+    progress(`${tag} warm-up failed: ${failure(err, pair)}`);
+    await pair.stop();
+    await ctx.iperf3?.restart();
+    return null;
+  }
+  ctx.bulk.set(sys.id, pair);
+  return pair;
+}
+
+/** One transfer each way through the warmed pair; a pair that failed is stopped (the next round starts a new one). */
 async function throughputStep(
   ctx: Ctx,
   sys: SystemDef,
@@ -318,37 +377,27 @@ async function throughputStep(
   rr: RoundResult,
   tag: string,
 ): Promise<void> {
-  try {
-    let est = ctx.estimate.get(sys.id);
-    if (!est) {
-      // A first, short transfer tells how long a full one would take (and warms the pair up).
-      const probe = await ctx.tool.transfer(pair.entryPort, Math.min(ctx.opts.bytes, 64 * 1024 ** 2), false);
-      est = { up: probe.gbps, down: probe.gbps };
-      ctx.estimate.set(sys.id, est);
-      progress(`${tag} probe ${probe.gbps.toFixed(2)} Gbit/s`);
+  const est = ctx.estimate.get(sys.id) ?? { up: 1, down: 1 };
+  for (const dir of ["up", "down"] as const) {
+    const bytes = transferBytes(ctx, est[dir]);
+    try {
+      const cpu0 = endsCpu(pair);
+      const t: Throughput = await ctx.tool.transfer(pair.entryPort, bytes, dir === "down");
+      rr[dir] = t;
+      if (pair.ends.length > 0)
+        rr[dir === "up" ? "upCpuPerGiB" : "downCpuPerGiB"] = (endsCpu(pair) - cpu0) / (bytes / 1024 ** 3);
+      est[dir] = t.gbps;
+      progress(
+        `${tag} ${dir === "up" ? "upload  " : "download"} ${t.gbps.toFixed(2)} Gbit/s (${mib(bytes)})`,
+      );
+    } catch (err) {
+      rr.errors.push(`${dir === "up" ? "upload" : "download"}: ${failure(err, pair)}`);
+      progress(`${tag} ${dir === "up" ? "upload" : "download"} failed: ${failure(err, pair)}`);
+      ctx.bulk.delete(sys.id);
+      await pair.stop();
+      await ctx.iperf3?.restart();
+      return;
     }
-    for (const dir of ["up", "down"] as const) {
-      const bytes = transferBytes(ctx, est[dir]);
-      try {
-        const cpu0 = endsCpu(pair);
-        const t: Throughput = await ctx.tool.transfer(pair.entryPort, bytes, dir === "down");
-        rr[dir] = t;
-        if (pair.ends.length > 0)
-          rr[dir === "up" ? "upCpuPerGiB" : "downCpuPerGiB"] = (endsCpu(pair) - cpu0) / (bytes / 1024 ** 3);
-        est[dir] = t.gbps;
-        progress(
-          `${tag} ${dir === "up" ? "upload  " : "download"} ${t.gbps.toFixed(2)} Gbit/s (${mib(bytes)})`,
-        );
-      } catch (err) {
-        rr.errors.push(`${dir === "up" ? "upload" : "download"}: ${failure(err, pair)}`);
-        progress(`${tag} ${dir === "up" ? "upload" : "download"} failed: ${failure(err, pair)}`);
-        await ctx.iperf3?.restart();
-      }
-    }
-  } catch (err) {
-    rr.errors.push(`throughput: ${failure(err, pair)}`);
-    progress(`${tag} throughput failed: ${failure(err, pair)}`);
-    await ctx.iperf3?.restart();
   }
 }
 
@@ -424,17 +473,14 @@ async function connectionsStep(
   }
 }
 
-/** One system's turn in a round: two pairs (one in front of the source/sink, one in front of the echo target), started together. */
+/**
+ * One system's turn in a round: a transfer each way through its warmed throughput pair (kept for
+ * the whole run), then the connection tests through a new pair in front of the echo target.
+ */
 async function measureSystem(ctx: Ctx, sys: SystemDef, rr: RoundResult, tag: string): Promise<void> {
-  const [bulk, echo] = await Promise.all([
-    startPair(ctx, sys, ctx.throughputPort, rr, "throughput", tag),
-    startPair(ctx, sys, ctx.echoPort, rr, "connections", tag),
-  ]);
-  try {
-    if (bulk) await throughputStep(ctx, sys, bulk, rr, tag);
-  } finally {
-    await bulk?.stop();
-  }
+  const bulk = await bulkPair(ctx, sys, rr, tag);
+  if (bulk) await throughputStep(ctx, sys, bulk, rr, tag);
+  const echo = await startPair(ctx, sys, ctx.echoPort, rr, "connections", tag);
   try {
     if (echo) await connectionsStep(ctx, sys, echo, rr, tag);
   } finally {
@@ -482,8 +528,13 @@ async function withBench(opts: Options, body: (ctx: Ctx) => Promise<number>): Pr
       echoPort: targets.echo,
       idleConns: opts.conns,
       estimate: new Map(),
+      bulk: new Map(),
     };
-    return await body(ctx);
+    try {
+      return await body(ctx);
+    } finally {
+      await Promise.all([...ctx.bulk.values()].map((p) => p.stop()));
+    }
   } finally {
     const pids = runningPids();
     await stopAll();
@@ -498,10 +549,11 @@ async function withBench(opts: Options, body: (ctx: Ctx) => Promise<number>): Pr
 }
 
 async function runBench(opts: Options): Promise<number> {
-  const systems = selectSystems(opts.only);
+  const systems = selectSystems(opts.only, opts.nodes);
   const machine = await machineInfo();
+  const nodes = [...new Set(systems.flatMap((s) => (s.node ? [s.node.version] : [])))];
   progress(
-    `machine: ${machine.nproc} CPUs (${machine.cpu}), node ${machine.node}; ${opts.rounds} round(s), transfers up to ${mib(opts.bytes)}${opts.seconds ? ` or ~${opts.seconds} s` : ""}, ${opts.connects} + ${opts.parallelConnects} connects, ${opts.conns} idle connections`,
+    `machine: ${machine.nproc} CPUs (${machine.cpu}), our ends under node ${nodes.join(" and ") || machine.node}; ${opts.rounds} round(s), transfers up to ${mib(opts.bytes)}${opts.seconds ? ` or ~${opts.seconds} s` : ""}, ${opts.connects} + ${opts.parallelConnects} connects, ${opts.conns} idle connections`,
   );
 
   // Each relay end holds two descriptors per tunneled connection (plus a few of its own).
@@ -580,13 +632,21 @@ async function runBench(opts: Options): Promise<number> {
     out.push("## CPU cost (both ends together)", "", cpuTable(list), "");
     out.push("## Targets", "", targetsTable(targets), "");
     process.stdout.write(`\n${out.join("\n")}\n`);
+    writeFileSync(
+      opts.svg,
+      chartSvg(
+        list,
+        `monopiped bench, ${new Date().toISOString().slice(0, 10)}: medians of ${opts.rounds} round${opts.rounds > 1 ? "s" : ""}`,
+        `${machine.nproc} CPUs (${machine.cpu}); our ends under Node ${nodes.join(", ")}; other processes used ${(100 * otherCpu.shareOfMachine).toFixed(0)}% of the machine`,
+      ),
+    );
 
     const json = {
       benchmark: "monopiped bench",
       date: new Date().toISOString(),
       command: `monopiped bench ${process.argv.slice(3).join(" ")}`.trim(),
       options: opts,
-      machine,
+      machine: { ...machine, ourNodes: nodes },
       loadAverage: { start: loadStart, afterEachRound: loadByRound },
       otherProcessesCpu: otherCpu,
       loadGenerator: ctx.tool.name,
@@ -596,14 +656,19 @@ async function runBench(opts: Options): Promise<number> {
       targets,
     };
     writeFileSync(opts.json, `${JSON.stringify(json, null, 2)}\n`);
-    progress(`wrote ${resolve(opts.json)} (${json.elapsedSeconds.toFixed(0)} s in all)`);
+    progress(
+      `wrote ${resolve(opts.json)} and ${resolve(opts.svg)} (${json.elapsedSeconds.toFixed(0)} s in all)`,
+    );
     return 0;
   });
 }
 
 // ---------------------------------------------------------------------------------------------
 async function runProfile(opts: Options): Promise<number> {
-  const systems = selectSystems(opts.only ?? ["monopiped2-tcp"]).filter((s) => s.role === "ours");
+  const systems = selectSystems(
+    opts.only ?? ["monopiped2-tcp"],
+    opts.nodes ?? [nodeBinaries()[0].label],
+  ).filter((s) => s.role === "ours");
   if (systems.length === 0) throw new BenchUsageError("--profile: --only names none of our systems");
   const dir = resolve(opts.profileDir);
   rmSync(dir, { recursive: true, force: true });

@@ -47,6 +47,9 @@ export interface SystemResult {
   role: Role;
   protocol?: string;
   transport?: string;
+  /** Our systems: the Node major version and full version that ran both ends. */
+  node?: string;
+  nodeVersion?: string;
   compat?: boolean;
   /** "unavailable" (not installed), "failed" (no measurement succeeded), "partial", "ok". */
   status: "ok" | "partial" | "failed" | "unavailable";
@@ -63,6 +66,8 @@ export function newResult(s: SystemDef): SystemResult {
     role: s.role,
     protocol: s.protocol,
     transport: s.transport,
+    node: s.node?.label,
+    nodeVersion: s.node?.version,
     compat: s.compat,
     status: why ? "unavailable" : "ok",
     reason: why ?? undefined,
@@ -146,6 +151,9 @@ function statusRow(r: SystemResult): string[] | null {
   return null;
 }
 
+/** The Node column: our ends' Node major version ("-" for the other systems). */
+const nodeOf = (r: SystemResult) => r.node ?? "-";
+
 function oneLine(s: string, max = 160): string {
   const t = s.replace(/\s+/g, " ").trim();
   return t.length > max ? `${t.slice(0, max - 3)}...` : t;
@@ -154,6 +162,7 @@ function oneLine(s: string, max = 160): string {
 export function resultsTable(results: SystemResult[]): string {
   const headers = [
     "system",
+    "node",
     "up Gbit/s",
     "down Gbit/s",
     "conn/s seq",
@@ -171,6 +180,7 @@ export function resultsTable(results: SystemResult[]): string {
     const idle = m.idleKiBPerConn?.length ? m.idleKiBPerConn.map(f1).join(", ") : "-";
     return [
       r.status === "partial" ? `${r.label} *` : r.label,
+      nodeOf(r),
       f2(m.upGbps),
       f2(m.downGbps),
       f0(m.seqPerSecond),
@@ -193,6 +203,7 @@ export function ratiosTable(results: SystemResult[]): string {
   const stunnel = by("stunnel");
   const headers = [
     "system",
+    "node",
     "up / spiped",
     "down / spiped",
     "up / stunnel",
@@ -212,6 +223,7 @@ export function ratiosTable(results: SystemResult[]): string {
         m.idleKiBPerConn?.map((v, i) => fx(ratio(v, spiped?.idleKiBPerConn?.[i]))).join(", ") ?? "-";
       return [
         r.label,
+        nodeOf(r),
         fx(ratio(m.upGbps, spiped?.upGbps)),
         fx(ratio(m.downGbps, spiped?.downGbps)),
         fx(ratio(m.upGbps, stunnel?.upGbps)),
@@ -233,9 +245,9 @@ export function cpuTable(results: SystemResult[]): string {
       const s = statusRow(r);
       if (s) return s;
       const m = r.median;
-      return [r.label, f2(m.upCpuPerGiB), f2(m.downCpuPerGiB), f2(m.cpuMsPerConn)];
+      return [r.label, nodeOf(r), f2(m.upCpuPerGiB), f2(m.downCpuPerGiB), f2(m.cpuMsPerConn)];
     });
-  return table(["system", "up CPU s/GiB", "down CPU s/GiB", "CPU ms/connection (x64)"], rows);
+  return table(["system", "node", "up CPU s/GiB", "down CPU s/GiB", "CPU ms/connection (x64)"], rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,10 +282,11 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
   const socat = get("socat");
   const stunnel = get("stunnel");
   const ours = results.filter((r) => r.role === "ours");
+  const name = (r: SystemResult) => (r.node ? `${r.label} (Node ${r.node})` : r.label);
 
   const m2 = get("monopiped2-tcp");
   if (m2) {
-    const label = m2.label;
+    const label = name(m2);
     judge(
       "throughput >= 1.0x stunnel (up / down)",
       label,
@@ -296,16 +309,16 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
   for (const r of ours.filter((x) => x.compat && x.transport === "tcp")) {
     judge(
       "compatibility protocol: throughput >= 1.0x spiped (up / down)",
-      r.label,
+      name(r),
       ok(r) && ok(spiped) ? both(r.median, spiped?.median) : [undefined],
       1.0,
     );
   }
   for (const r of ours.filter((x) => x.transport === "ws")) {
-    const tcp = ours.find((x) => x.protocol === r.protocol && x.transport === "tcp");
+    const tcp = ours.find((x) => x.protocol === r.protocol && x.transport === "tcp" && x.node === r.node);
     judge(
       `WebSocket: throughput >= 0.8x ${tcp?.label ?? "TCP mode"} (up / down)`,
-      r.label,
+      name(r),
       ok(r) && ok(tcp) ? both(r.median, tcp?.median) : [undefined],
       0.8,
     );
@@ -313,14 +326,14 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
   for (const r of ours) {
     judge(
       "connections/s (64 concurrent) >= 3x spiped",
-      r.label,
+      name(r),
       [ok(r) && ok(spiped) ? ratio(r.median.parPerSecond, spiped?.median.parPerSecond) : undefined],
       3.0,
     );
     const p50 = ok(r) ? r.median.seqP50Ms : undefined;
     checks.push({
       target: "connect-and-echo p50 latency <= 1.0 ms",
-      system: r.label,
+      system: name(r),
       measured: p50 === undefined ? "not measured" : `${p50.toFixed(2)} ms`,
       met: p50 === undefined ? null : p50 <= 1.0,
     });
@@ -329,7 +342,7 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
     const known = rss !== undefined && ref !== undefined && rss.length === 2 && ref.length === 2;
     checks.push({
       target: "RSS per idle connection per end <= spiped's (client / server)",
-      system: r.label,
+      system: name(r),
       measured: known
         ? `${rss.map((v) => v.toFixed(1)).join(" / ")} KiB vs ${ref.map((v) => v.toFixed(1)).join(" / ")} KiB (${rss.map((v, i) => fx(ratio(v, ref[i]))).join(" / ")})`
         : "not measured",
@@ -347,7 +360,7 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
     } else if (big) measured = "not measured";
     checks.push({
       target: "10,000 concurrent connections held by one pair without errors (--big)",
-      system: r.label,
+      system: name(r),
       measured,
       met,
     });

@@ -1,11 +1,12 @@
 /**
  * The systems under test. Each one starts, on loopback, a relay pair (client end -> server end ->
  * target) and says which port the load generator connects to and which processes are the two ends.
- * Adding a system is one entry in SYSTEMS.
+ * Adding a system is one entry in baseSystems(); each of ours runs under every Node found (nodes.ts).
  */
 import { accessSync, constants, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
 import { CLI_PATH, RUNTIME_FLAGS } from "../src/harness.js";
+import { type NodeBinary, nodeBinaries } from "./nodes.js";
 import { freePort, lastLine, type Proc, runProc, spawnProc, waitListening } from "./procs.js";
 
 export interface BenchEnv {
@@ -38,6 +39,8 @@ export interface SystemDef {
   /** Our systems: which protocol and transport. */
   protocol?: string;
   transport?: "tcp" | "ws";
+  /** Our systems: the Node that runs both ends. */
+  node?: NodeBinary;
   /** A compatibility protocol (target: at least spiped's throughput). */
   compat?: boolean;
   /** How the idle-memory test measures an end: VmRSS (default), or PSS summed over its process tree. */
@@ -129,12 +132,13 @@ async function startOurEnd(
   name: string,
   env: BenchEnv,
   args: string[],
+  node: NodeBinary,
 ): Promise<{ proc: Proc; address: string }> {
   let onListen: (address: string) => void = () => {};
   const listening = new Promise<string>((resolve) => (onListen = resolve));
   const proc = spawnProc(
     name,
-    process.execPath,
+    node.path,
     [...RUNTIME_FLAGS, ...env.nodeArgs, CLI_PATH, ...args, "--log-format", "json"],
     {
       watch: (line, stream) => {
@@ -174,41 +178,45 @@ async function startOurEnd(
 }
 
 function ours(protocol: string, transport: "tcp" | "ws", extra: Partial<SystemDef> = {}): SystemDef {
+  const node = nodeBinaries()[0];
   return {
     id: `${protocol}-${transport}`,
     label: `${protocol}/${transport === "ws" ? "WebSocket" : "TCP"}`,
     role: "ours",
     protocol,
     transport,
+    node,
     unavailable: () => null,
     async start(env, targetPort) {
+      const node = this.node ?? nodeBinaries()[0];
       // The server end runs with its default --protocol (auto: serves every protocol), as deployed;
       // spiped cannot be detected, so its server end is told.
       const common = ["-k", env.keyFile, "-n", "0", "--grace", "2"];
       const serverProtocol = protocol === "spiped" ? ["--protocol", "spiped"] : [];
-      const server = await startOurEnd(`${protocol}/${transport} -d`, env, [
-        "-d",
-        "-l",
-        "127.0.0.1:0",
-        "-t",
-        `127.0.0.1:${targetPort}`,
-        ...(transport === "ws" ? ["-w"] : []),
-        ...serverProtocol,
-        ...common,
-      ]);
-      let client: { proc: Proc; address: string };
-      try {
-        const target = transport === "ws" ? `ws://${server.address}/` : server.address;
-        client = await startOurEnd(`${protocol}/${transport} -e`, env, [
-          "-e",
+      const server = await startOurEnd(
+        `${protocol}/${transport} -d`,
+        env,
+        [
+          "-d",
           "-l",
           "127.0.0.1:0",
           "-t",
-          target,
-          "--protocol",
-          protocol,
+          `127.0.0.1:${targetPort}`,
+          ...(transport === "ws" ? ["-w"] : []),
+          ...serverProtocol,
           ...common,
-        ]);
+        ],
+        node,
+      );
+      let client: { proc: Proc; address: string };
+      try {
+        const target = transport === "ws" ? `ws://${server.address}/` : server.address;
+        client = await startOurEnd(
+          `${protocol}/${transport} -e`,
+          env,
+          ["-e", "-l", "127.0.0.1:0", "-t", target, "--protocol", protocol, ...common],
+          node,
+        );
       } catch (err) {
         await server.proc.stop();
         throw err;
@@ -260,125 +268,150 @@ function stunnelCert(env: BenchEnv): Promise<{ cert: string; key: string }> {
 
 let stunnelSeq = 0;
 
-export const SYSTEMS: SystemDef[] = [
-  {
-    id: "direct",
-    label: "direct (no relay)",
-    role: "reference",
-    unavailable: () => null,
-    start: async (_env, targetPort) => pairOf(targetPort, []),
-  },
-  {
-    id: "socat",
-    label: "socat pair",
-    role: "ceiling",
-    memory: "pss-tree",
-    maxIdle: 2000,
-    maxIdleWhy: "socat forks a process per connection",
-    unavailable: () => (which("socat") ? null : "not installed"),
-    async start(_env, targetPort) {
-      const [server, client] = [await freePort(), await freePort()];
-      const relay = (listen: number, to: number) => [
-        "-b131072",
-        `TCP-LISTEN:${listen},bind=127.0.0.1,reuseaddr,fork,backlog=1024`,
-        `TCP:127.0.0.1:${to}`,
-      ];
-      const ends = await startAll([
-        () => spawnListening("socat (server side)", "socat", relay(server, targetPort), server),
-        () => spawnListening("socat (client side)", "socat", relay(client, server), client),
-      ]);
-      return pairOf(client, ends.reverse());
+function baseSystems(): SystemDef[] {
+  return [
+    {
+      id: "direct",
+      label: "direct (no relay)",
+      role: "reference",
+      unavailable: () => null,
+      start: async (_env, targetPort) => pairOf(targetPort, []),
     },
-  },
-  {
-    id: "spiped",
-    label: "spiped",
-    role: "baseline",
-    unavailable: () => (SPIPED() ? null : "not installed"),
-    async start(env, targetPort) {
-      const bin = SPIPED() as string;
-      const [server, client] = [await freePort(), await freePort()];
-      const args = (mode: string, listen: number, to: number) => [
-        mode,
-        "-s",
-        `[127.0.0.1]:${listen}`,
-        "-t",
-        `[127.0.0.1]:${to}`,
-        "-k",
-        env.keyFile,
-        "-F",
-        "-n",
-        "0",
-      ];
-      const ends = await startAll([
-        () => spawnListening("spiped -d", bin, args("-d", server, targetPort), server),
-        () => spawnListening("spiped -e", bin, args("-e", client, server), client),
-      ]);
-      return pairOf(client, ends.reverse());
+    {
+      id: "socat",
+      label: "socat pair",
+      role: "ceiling",
+      memory: "pss-tree",
+      maxIdle: 2000,
+      maxIdleWhy: "socat forks a process per connection",
+      unavailable: () => (which("socat") ? null : "not installed"),
+      async start(_env, targetPort) {
+        const [server, client] = [await freePort(), await freePort()];
+        const relay = (listen: number, to: number) => [
+          "-b131072",
+          `TCP-LISTEN:${listen},bind=127.0.0.1,reuseaddr,fork,backlog=1024`,
+          `TCP:127.0.0.1:${to}`,
+        ];
+        const ends = await startAll([
+          () => spawnListening("socat (server side)", "socat", relay(server, targetPort), server),
+          () => spawnListening("socat (client side)", "socat", relay(client, server), client),
+        ]);
+        return pairOf(client, ends.reverse());
+      },
     },
-  },
-  {
-    id: "stunnel",
-    label: "stunnel (TLS 1.3)",
-    role: "baseline",
-    unavailable: () => (STUNNEL() ? null : "not installed"),
-    async start(env, targetPort) {
-      const bin = STUNNEL() as string;
-      const { cert, key } = await stunnelCert(env);
-      const [server, client] = [await freePort(), await freePort()];
-      const n = ++stunnelSeq;
-      const serverConf = join(env.dir, `stunnel-server-${n}.conf`);
-      const clientConf = join(env.dir, `stunnel-client-${n}.conf`);
-      writeFileSync(
-        serverConf,
-        [
-          "foreground = yes",
-          "pid =",
-          // Log to stderr only (as our ends do): with no syslog daemon (containers), syslog() costs
-          // stunnel ~10 ms per connection here.
-          "syslog = no",
-          "[bench]",
-          `accept = 127.0.0.1:${server}`,
-          `connect = 127.0.0.1:${targetPort}`,
-          `cert = ${cert}`,
-          `key = ${key}`,
-          "sslVersionMin = TLSv1.3",
-          "",
-        ].join("\n"),
-      );
-      writeFileSync(
-        clientConf,
-        [
-          "foreground = yes",
-          "pid =",
-          "syslog = no",
-          "[bench]",
-          "client = yes",
-          `accept = 127.0.0.1:${client}`,
-          `connect = 127.0.0.1:${server}`,
-          "sslVersionMin = TLSv1.3",
-          "verifyChain = yes",
-          `CAfile = ${cert}`,
-          "checkHost = localhost",
-          "",
-        ].join("\n"),
-      );
-      const ends = await startAll([
-        () => spawnListening("stunnel (server)", bin, [serverConf], server),
-        () => spawnListening("stunnel (client)", bin, [clientConf], client),
-      ]);
-      return pairOf(client, ends.reverse());
+    {
+      id: "spiped",
+      label: "spiped",
+      role: "baseline",
+      unavailable: () => (SPIPED() ? null : "not installed"),
+      async start(env, targetPort) {
+        const bin = SPIPED() as string;
+        const [server, client] = [await freePort(), await freePort()];
+        const args = (mode: string, listen: number, to: number) => [
+          mode,
+          "-s",
+          `[127.0.0.1]:${listen}`,
+          "-t",
+          `[127.0.0.1]:${to}`,
+          "-k",
+          env.keyFile,
+          "-F",
+          "-n",
+          "0",
+        ];
+        const ends = await startAll([
+          () => spawnListening("spiped -d", bin, args("-d", server, targetPort), server),
+          () => spawnListening("spiped -e", bin, args("-e", client, server), client),
+        ]);
+        return pairOf(client, ends.reverse());
+      },
     },
-  },
-  ours("monopiped2", "tcp"),
-  ours("monopiped1", "tcp", { compat: true }),
-  ours("monopiped2", "ws"),
-  ours("monopiped1", "ws", { compat: true }),
-  ours("spiped", "tcp", { compat: true, id: "spiped-protocol", label: "monopiped (spiped protocol)/TCP" }),
-];
+    {
+      id: "stunnel",
+      label: "stunnel (TLS 1.3)",
+      role: "baseline",
+      unavailable: () => (STUNNEL() ? null : "not installed"),
+      async start(env, targetPort) {
+        const bin = STUNNEL() as string;
+        const { cert, key } = await stunnelCert(env);
+        const [server, client] = [await freePort(), await freePort()];
+        const n = ++stunnelSeq;
+        const serverConf = join(env.dir, `stunnel-server-${n}.conf`);
+        const clientConf = join(env.dir, `stunnel-client-${n}.conf`);
+        writeFileSync(
+          serverConf,
+          [
+            "foreground = yes",
+            "pid =",
+            // Log to stderr only (as our ends do): with no syslog daemon (containers), syslog() costs
+            // stunnel ~10 ms per connection here.
+            "syslog = no",
+            "[bench]",
+            `accept = 127.0.0.1:${server}`,
+            `connect = 127.0.0.1:${targetPort}`,
+            `cert = ${cert}`,
+            `key = ${key}`,
+            "sslVersionMin = TLSv1.3",
+            "",
+          ].join("\n"),
+        );
+        writeFileSync(
+          clientConf,
+          [
+            "foreground = yes",
+            "pid =",
+            "syslog = no",
+            "[bench]",
+            "client = yes",
+            `accept = 127.0.0.1:${client}`,
+            `connect = 127.0.0.1:${server}`,
+            "sslVersionMin = TLSv1.3",
+            "verifyChain = yes",
+            `CAfile = ${cert}`,
+            "checkHost = localhost",
+            "",
+          ].join("\n"),
+        );
+        const ends = await startAll([
+          () => spawnListening("stunnel (server)", bin, [serverConf], server),
+          () => spawnListening("stunnel (client)", bin, [clientConf], client),
+        ]);
+        return pairOf(client, ends.reverse());
+      },
+    },
+    ours("monopiped2", "tcp"),
+    ours("monopiped1", "tcp", { compat: true }),
+    ours("monopiped2", "ws"),
+    ours("monopiped1", "ws", { compat: true }),
+    ours("spiped", "tcp", { compat: true, id: "spiped-protocol", label: "monopiped (spiped protocol)/TCP" }),
+  ];
+}
 
-/** Pick systems by --only: each name matches an id exactly or as a prefix ("monopiped" = all ours). */
-export function selectSystems(only: string[] | undefined): SystemDef[] {
+let systems: SystemDef[] | null = null;
+
+/**
+ * Every system: ours under this Node (plain ids), then ours again under each other Node found
+ * (ids with "@" and its major version, e.g. monopiped2-tcp@24), so one run compares them.
+ */
+export function allSystems(): SystemDef[] {
+  if (systems) return systems;
+  const base = baseSystems();
+  const [, ...others] = nodeBinaries();
+  systems = [
+    ...base,
+    ...others.flatMap((node) =>
+      base.filter((s) => s.role === "ours").map((s) => ({ ...s, id: `${s.id}@${node.label}`, node })),
+    ),
+  ];
+  return systems;
+}
+
+/**
+ * Pick systems by --only: each name matches an id exactly or as a prefix ("monopiped" = all ours,
+ * under every Node); `nodes` (major versions) keeps ours under those Nodes only.
+ */
+export function selectSystems(only: string[] | undefined, nodes?: string[]): SystemDef[] {
+  const SYSTEMS = allSystems().filter((s) => !nodes || !s.node || nodes.includes(s.node.label));
   if (!only || only.length === 0) return SYSTEMS;
   const unknown = only.filter((n) => !SYSTEMS.some((s) => s.id === n || s.id.startsWith(n)));
   if (unknown.length > 0) {

@@ -13,6 +13,7 @@ import { createCipheriv, createDecipheriv, type KeyObject, randomBytes } from "n
 import { hchacha } from "@noble/ciphers/chacha.js";
 import { blake2b } from "@noble/hashes/blake2.js";
 import { ProtocolError } from "./errors.js";
+import { sodium } from "./sodium.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 import { privateKeyFromSecret, publicKeyBytes, sharedSecret } from "./x25519.js";
 
@@ -59,47 +60,104 @@ const SIGMA = new Uint32Array(new TextEncoder().encode("expand 32-byte k").buffe
  * XChaCha20-Poly1305 under one key with empty associated data, at the protocol's nonce: a 24-byte
  * little-endian counter (§5) that advances after each successful seal or open.
  *
- * XChaCha20-Poly1305 is ChaCha20-Poly1305 (RFC 8439) under the subkey HChaCha20(key, nonce[0..16]) with
- * the 96-bit nonce 00000000 ‖ nonce[16..24] (libsodium's construction, bit-identical to Monocypher's, §1).
- * Node has no XChaCha, so @noble's HChaCha20 feeds OpenSSL's ChaCha20-Poly1305. Measured on the 2-core
- * dev box (Node 20), one 1044-byte block: this ~8-10 µs (100-125 MB/s of data), @noble/ciphers'
- * xchacha20poly1305 ~23 µs (~44 MB/s). Most of the cost is creating the OpenSSL cipher, which cannot be
- * rekeyed, and the subkey changes with every frame's nonce.
+ * libsodium's xchacha20poly1305_ietf (bit-identical to Monocypher's construction, §1) through
+ * sodium-native when it loads: it seals and opens in the caller's buffers, no object and no
+ * allocation per frame. Otherwise node:crypto: ChaCha20-Poly1305 (RFC 8439) under the subkey
+ * HChaCha20(key, nonce[0..16]) from @noble, with the 96-bit nonce 00000000 ‖ nonce[16..24]; it costs
+ * a new OpenSSL cipher object per frame, since the subkey changes with every nonce. Per 1044-byte
+ * block (bench/monopiped1-frames.ts): libsodium ~1.5-2 µs, node:crypto ~6-10 µs.
  */
 class CounterAead {
   /** Nonce for the next seal or open; tests may set it directly. */
   readonly nonce = new Uint8Array(24);
-  private readonly keyWords = new Uint32Array(8);
+  private readonly key = new Uint8Array(32);
+  private readonly keyWords = new Uint32Array(this.key.buffer);
   private readonly nonceHeadWords = new Uint32Array(this.nonce.buffer, 0, 4);
   private readonly subkeyWords = new Uint32Array(8);
   private readonly subkey = new Uint8Array(this.subkeyWords.buffer);
   private readonly iv = Buffer.alloc(12);
+  private readonly na = sodium();
 
   constructor(key: Uint8Array) {
-    new Uint8Array(this.keyWords.buffer).set(key);
+    this.key.set(key);
   }
 
   /** Writes SEAL(plain) = ciphertext ‖ tag into out at offset, then advances the nonce. */
   sealInto(plain: Uint8Array, out: Buffer, offset: number): void {
-    const cipher = createCipheriv("chacha20-poly1305", this.prepare(), this.iv);
-    cipher.update(plain).copy(out, offset);
-    cipher.final();
-    cipher.getAuthTag().copy(out, offset + plain.length);
+    this.sealDetached(
+      out.subarray(offset, offset + plain.length),
+      out.subarray(offset + plain.length, offset + plain.length + TAG_LEN),
+      plain,
+    );
+  }
+
+  /**
+   * Seals `plain` into `cipher` (same length; the same memory is fine: in place) and its tag into
+   * `tag`, then advances the nonce.
+   */
+  sealDetached(cipher: Uint8Array, tag: Uint8Array, plain: Uint8Array): void {
+    if (this.na) {
+      this.na.crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+        cipher,
+        tag,
+        plain,
+        null,
+        null,
+        this.nonce,
+        this.key,
+      );
+    } else {
+      const c = createCipheriv("chacha20-poly1305", this.prepare(), this.iv);
+      cipher.set(c.update(plain));
+      c.final();
+      tag.set(c.getAuthTag());
+    }
     this.advance();
+  }
+
+  /**
+   * Opens `cipher` ‖ `tag` into `plain` (same length as `cipher`; may be the same memory). False,
+   * with `plain` untouched and the nonce unchanged, when it does not authenticate.
+   */
+  openDetached(plain: Uint8Array, cipher: Uint8Array, tag: Uint8Array): boolean {
+    if (this.na) {
+      try {
+        this.na.crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+          plain,
+          null,
+          cipher,
+          tag,
+          null,
+          this.nonce,
+          this.key,
+        );
+      } catch {
+        return false;
+      }
+    } else {
+      const d = createDecipheriv("chacha20-poly1305", this.prepare(), this.iv);
+      d.setAuthTag(tag);
+      const out = d.update(cipher);
+      try {
+        d.final(); // checks the tag; nothing of `out` is used before this passes
+      } catch {
+        return false;
+      }
+      plain.set(out);
+    }
+    this.advance();
+    return true;
   }
 
   /** Plaintext of ciphertext ‖ tag, or null when it does not authenticate (the nonce then stays). */
   open(sealed: Buffer): Buffer | null {
-    const decipher = createDecipheriv("chacha20-poly1305", this.prepare(), this.iv);
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_LEN));
-    const plain = decipher.update(sealed.subarray(0, sealed.length - TAG_LEN));
-    try {
-      decipher.final(); // checks the tag; nothing of `plain` is used before this passes
-    } catch {
-      return null;
-    }
-    this.advance();
-    return plain;
+    const plain = Buffer.alloc(sealed.length - TAG_LEN);
+    const ok = this.openDetached(
+      plain,
+      sealed.subarray(0, sealed.length - TAG_LEN),
+      sealed.subarray(sealed.length - TAG_LEN),
+    );
+    return ok ? plain : null;
   }
 
   advance(): void {
@@ -110,7 +168,7 @@ class CounterAead {
     }
   }
 
-  /** Derives this nonce's subkey and IV into the reused buffers; returns the subkey. */
+  /** Derives this nonce's subkey and IV into the reused buffers; returns the subkey (node:crypto path). */
   private prepare(): Uint8Array {
     hchacha(SIGMA, this.keyWords, this.nonceHeadWords, this.subkeyWords);
     this.iv.set(this.nonce.subarray(16), 4);
@@ -120,21 +178,34 @@ class CounterAead {
 
 class Monopiped1Sealer implements RecordSealer {
   readonly maxPlaintext = MAX_DATA;
-  private readonly block = Buffer.alloc(BLOCK_LEN);
   constructor(private readonly aead: CounterAead) {}
 
-  /** One frame per 1040 bytes of input; all frames of one call share a single allocation. */
+  /**
+   * One frame per 1040 bytes of input (the carried bytes first). All frames of one call are built and
+   * sealed in place in one allocation: data ‖ zeros ‖ n is written where the frame goes, then
+   * encrypted there.
+   */
   seal(input: Buffer, carried?: Buffer): Buffer[] {
-    const plain = carried ? Buffer.concat([carried, input]) : input;
-    const count = Math.ceil(plain.length / MAX_DATA);
-    const wire = Buffer.allocUnsafe(count * FRAME_LEN); // every byte is overwritten below
-    const frames: Buffer[] = [];
-    for (let i = 0; i < count; i++) {
-      const n = plain.copy(this.block, 0, i * MAX_DATA, Math.min(plain.length, (i + 1) * MAX_DATA));
-      if (n < MAX_DATA) this.block.fill(0, n, MAX_DATA); // the padding must be zero (§6)
-      this.block.writeUInt32LE(n, MAX_DATA);
-      this.aead.sealInto(this.block, wire, i * FRAME_LEN);
-      frames.push(wire.subarray(i * FRAME_LEN, (i + 1) * FRAME_LEN));
+    const head = carried?.length ?? 0;
+    const total = head + input.length;
+    const count = Math.ceil(total / MAX_DATA);
+    // Every byte is overwritten below. (A single frame, e.g. one per WebSocket message or a short
+    // interactive write, comes from Node's shared pool rather than an allocation of its own.)
+    const wire = Buffer.allocUnsafe(count * FRAME_LEN);
+    const frames: Buffer[] = new Array(count);
+    for (let k = 0, at = 0; k < count; k++, at += FRAME_LEN) {
+      const from = k * MAX_DATA;
+      const n = Math.min(MAX_DATA, total - from);
+      // The frame's data: from the carried bytes, the input, or both.
+      if (from < head) {
+        const c = (carried as Buffer).copy(wire, at, from, Math.min(head, from + n));
+        if (c < n) input.copy(wire, at + c, 0, n - c);
+      } else input.copy(wire, at, from - head, from - head + n);
+      if (n < MAX_DATA) wire.fill(0, at + n, at + MAX_DATA); // the padding must be zero (§6)
+      wire.writeUInt32LE(n, at + MAX_DATA);
+      const block = wire.subarray(at, at + BLOCK_LEN);
+      this.aead.sealDetached(block, wire.subarray(at + BLOCK_LEN, at + FRAME_LEN), block);
+      frames[k] = wire.subarray(at, at + FRAME_LEN);
     }
     return frames;
   }
@@ -159,6 +230,11 @@ class Monopiped1Opener implements RecordOpener {
     return this.held;
   }
 
+  /**
+   * Opens every whole frame of `bytes` straight into one output buffer, each frame's block written
+   * where the data so far ends (its padding and length field are overwritten by the next frame's),
+   * so the data of one push comes out as one event without a copy per frame.
+   */
   push(bytes: Buffer): OpenEvent[] {
     const events: OpenEvent[] = [];
     let offset = 0;
@@ -167,24 +243,35 @@ class Monopiped1Opener implements RecordOpener {
       this.held += offset;
       if (this.held < FRAME_LEN) return events;
       this.held = 0;
-      this.openFrame(this.partial, events);
+      const block = Buffer.allocUnsafe(BLOCK_LEN);
+      const n = this.openFrame(block, 0, this.partial, 0);
+      if (n > 0) events.push({ type: "data", data: block.subarray(0, n) });
     }
-    for (; bytes.length - offset >= FRAME_LEN; offset += FRAME_LEN) {
-      this.openFrame(bytes.subarray(offset, offset + FRAME_LEN), events);
+    const count = Math.floor((bytes.length - offset) / FRAME_LEN);
+    if (count > 0) {
+      const out = Buffer.allocUnsafe(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
+      let total = 0;
+      for (let k = 0; k < count; k++, offset += FRAME_LEN) total += this.openFrame(out, total, bytes, offset);
+      if (total > 0) events.push({ type: "data", data: out.subarray(0, total) });
     }
     this.held = bytes.copy(this.partial, 0, offset);
     return events;
   }
 
-  private openFrame(frame: Buffer, events: OpenEvent[]): void {
-    const block = this.aead.open(frame);
-    if (block === null) throw new ProtocolError("bad-record", "monopiped1 frame did not authenticate");
-    const n = block.readUInt32LE(MAX_DATA);
+  /** Opens the frame at src[at..] into out[to..to + 1044]; returns its data length n. */
+  private openFrame(out: Buffer, to: number, src: Buffer, at: number): number {
+    const ok = this.aead.openDetached(
+      out.subarray(to, to + BLOCK_LEN),
+      src.subarray(at, at + BLOCK_LEN),
+      src.subarray(at + BLOCK_LEN, at + FRAME_LEN),
+    );
+    if (!ok) throw new ProtocolError("bad-record", "monopiped1 frame did not authenticate");
+    const n = out.readUInt32LE(to + MAX_DATA);
     // Rust leaks length bytes for 1041..1044 and panics above; either way only a broken key holder sends it.
     if (n > MAX_DATA)
       throw new ProtocolError("bad-record", `monopiped1 frame length ${n} exceeds ${MAX_DATA}`);
     // n = 0 is a valid no-op frame: Rust never sends one but accepts it.
-    if (n > 0) events.push({ type: "data", data: block.subarray(0, n) });
+    return n;
   }
 }
 

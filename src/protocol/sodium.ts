@@ -1,0 +1,56 @@
+/**
+ * libsodium through the `sodium-native` package (prebuilt binaries inside the npm package), for the
+ * compatibility protocols' small fixed-size frames: it encrypts and authenticates into a caller's
+ * buffer, so a 1 KiB frame costs no object and no allocation, where node:crypto makes a cipher object
+ * and a new output buffer per call (~4-6 µs of a 1 KiB frame's ~6-8 µs; docs/BENCHMARKS.md).
+ *
+ * Loaded on first use. When it cannot be loaded (a platform without a prebuilt binary) the callers
+ * fall back to node:crypto with the same wire bytes; MONOPIPED_NO_SODIUM=1 forces that fallback (for
+ * the tests of the fallback and for A/B measurements).
+ */
+import { createRequire } from "node:module";
+
+/** The part of sodium-native's API used here (its own names and argument order). */
+export interface Sodium {
+  crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+    c: Uint8Array,
+    mac: Uint8Array,
+    m: Uint8Array,
+    ad: Uint8Array | null,
+    nsec: null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+  /** Throws when the tag does not authenticate; `m` is then left untouched. */
+  crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+    m: Uint8Array,
+    nsec: null,
+    c: Uint8Array,
+    mac: Uint8Array,
+    ad: Uint8Array | null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): void;
+}
+
+let loaded: Sodium | null | undefined;
+
+/** sodium-native, or null when it cannot be loaded here (or MONOPIPED_NO_SODIUM is set). */
+export function sodium(): Sodium | null {
+  if (loaded === undefined) {
+    loaded = null;
+    if (!process.env.MONOPIPED_NO_SODIUM) {
+      try {
+        loaded = createRequire(import.meta.url)("sodium-native") as Sodium;
+      } catch {
+        loaded = null;
+      }
+    }
+  }
+  return loaded;
+}
+
+/** Which implementation the compatibility protocols' frames use in this process (for logs and the bench). */
+export function frameCryptoBackend(): "libsodium" | "node:crypto" {
+  return sodium() ? "libsodium" : "node:crypto";
+}

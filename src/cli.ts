@@ -13,13 +13,15 @@
  * with a message that names the flag; a start-up failure (key file, address in use) exits 1.
  */
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
-import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
+import { KeyFileError, writeKeyFile } from "./keyfile.js";
+import { deriveKeys, readKeyFiles } from "./keys.js";
 import { LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
 import { parseRunAs, type RunAs } from "./privileges.js";
-import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
+import { PROTOCOL_ALIASES } from "./protocol/index.js";
 
 export class UsageError extends Error {}
 
@@ -54,7 +56,9 @@ Required:
                              the original monopiped)
   -t, --target ADDR|URL      where to connect: host:port, [ipv6]:port, /unix/socket, or for -e
                              a ws:// or wss:// URL to reach a -w server through HTTP proxies
-  -k, --key FILE             shared key file, at least 32 bytes ("-" = standard input)
+  -k, --key FILE             shared key file, at least 32 bytes ("-" = standard input); may be
+                             given more than once: a server accepts any of the keys, a client
+                             uses the first; SIGHUP re-reads every key file
 
 Options:
   -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
@@ -79,6 +83,13 @@ Options:
       --log-format FORMAT    text (default) or json; logs go to standard error
   -h, --help                 show this help
   -v, --version              print the version
+
+Operations options (docs/OPERATIONS.md):
+      --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics and a health check
+                             at /healthz (200, or 503 while stopping); off by default
+      --workers N|auto       run N processes sharing the listener (auto = one per core; default 1)
+      --proxy-protocol       -d: each connection starts with a PROXY protocol v1/v2 header from a
+                             trusted balancer (HAProxy send-proxy-v2); logs show the real client
 
 WebSocket options:
       --path /PATH           -d -w: serve only this path (others get 404)
@@ -116,7 +127,7 @@ export const RUN_OPTIONS = {
   listener: { type: "string" },
   source: { type: "string", short: "s" },
   target: { type: "string", short: "t" },
-  key: { type: "string", short: "k" },
+  key: { type: "string", short: "k", multiple: true },
   ws: { type: "boolean", short: "w" },
   protocol: { type: "string" },
   "no-pfs": { type: "boolean", short: "f" },
@@ -146,6 +157,9 @@ export const RUN_OPTIONS = {
   host: { type: "string" },
   header: { type: "string", short: "H", multiple: true },
   proxy: { type: "string" },
+  metrics: { type: "string" },
+  workers: { type: "string" },
+  "proxy-protocol": { type: "boolean" },
 } as const;
 
 /** The spelling of a flag for messages: "-n/--max-conns". */
@@ -229,6 +243,9 @@ const NOT_FOR_PIPE = [
   "path",
   "trust-proxy",
   "user",
+  "metrics",
+  "workers",
+  "proxy-protocol",
 ] as const;
 
 /**
@@ -238,8 +255,11 @@ const NOT_FOR_PIPE = [
 export function parseRunArgs(
   argv: string[],
   flavour: "run" | "pipe" = "run",
-): Omit<Config, "keys" | "proxyProtocol" | "listenFd"> & {
+): Omit<Config, "keys" | "listenFd"> & {
   keyPath: string;
+  keyPaths: string[];
+  metrics?: SocketAddress;
+  workers: number;
   pidfile?: string;
   runAs?: RunAs;
 } {
@@ -361,7 +381,8 @@ export function parseRunArgs(
     wsListen: Boolean(v.ws),
     protocol,
     spiped: { noPfs: Boolean(v["no-pfs"]), requirePfs: Boolean(v["require-pfs"]) },
-    keyPath: v.key,
+    keyPath: v.key[0],
+    ...operationsFlags(v, mode),
     maxConns: number(
       v["max-conns"],
       "-n/--max-conns",
@@ -389,6 +410,38 @@ export function parseRunArgs(
     logLevel,
     logFormat,
   };
+}
+
+/** -k (repeatable), --metrics, --workers, --proxy-protocol. */
+function operationsFlags(
+  v: ReturnType<typeof parse<typeof RUN_OPTIONS>>["values"],
+  mode: Mode,
+): { keyPaths: string[]; metrics?: SocketAddress; workers: number; proxyProtocol: boolean } {
+  const keyPaths = v.key ?? [];
+  if (keyPaths.filter((k) => k === "-").length > 1)
+    throw new UsageError("-k/--key -: standard input can give one key only");
+  const metrics =
+    v.metrics === undefined ? undefined : (address(v.metrics, "--metrics", false, true) as SocketAddress);
+  let workers = 1;
+  if (v.workers !== undefined) {
+    workers =
+      v.workers === "auto"
+        ? availableParallelism()
+        : number(
+            v.workers,
+            "--workers",
+            1,
+            (n) => Number.isInteger(n) && n >= 1 && n <= 256,
+            "a whole number 1-256 or auto",
+          );
+  }
+  if (v["proxy-protocol"] && mode !== "decrypt")
+    throw new UsageError("--proxy-protocol applies to a -d server (behind HAProxy or another balancer)");
+  if (v["proxy-protocol"] && v.ws)
+    throw new UsageError(
+      "--proxy-protocol applies to a plain TCP -d listener; behind a web server use -w --trust-proxy",
+    );
+  return { keyPaths, metrics, workers, proxyProtocol: Boolean(v["proxy-protocol"]) };
 }
 
 export function keygen(argv: string[]): number {
@@ -420,11 +473,18 @@ export function keygen(argv: string[]): number {
   return 0;
 }
 
-/** The Config with the key file read and checked; null (after saying why) when it cannot be used. */
-export function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): Config | null {
-  let keyFile: ReturnType<typeof readKeyFile>;
+/**
+ * The Config with the key files read and checked (one key per -k); null (after saying why) when one
+ * cannot be used. `files` receives the files' contents (to re-read standard input's on SIGHUP).
+ */
+export function withKeys(
+  flags: ReturnType<typeof parseRunArgs>,
+  log: Logger,
+  files: Buffer[] = [],
+): Config | null {
+  let read: ReturnType<typeof readKeyFiles>;
   try {
-    keyFile = readKeyFile(flags.keyPath);
+    read = readKeyFiles(flags.keyPaths);
   } catch (err) {
     if (err instanceof KeyFileError) {
       process.stderr.write(`monopiped: ${err.message}\n`);
@@ -432,6 +492,7 @@ export function withKeys(flags: ReturnType<typeof parseRunArgs>, log: Logger): C
     }
     throw err;
   }
-  if (keyFile.warning) log.warn(keyFile.warning);
-  return { ...flags, proxyProtocol: false, keys: [prepareKeys(keyFile.bytes)] };
+  for (const warning of read.warnings) log.warn(warning);
+  files.push(...read.bytes);
+  return { ...flags, keys: deriveKeys(read.bytes) };
 }

@@ -4,9 +4,14 @@
  */
 import { unlinkSync, writeFileSync } from "node:fs";
 import { HELP, parse, parseRunArgs, RUN_OPTIONS, VERSION, withKeys } from "./cli.js";
+import { reloadKeyFiles } from "./keys.js";
 import { createLogger } from "./log.js";
+import { localScrape, Metrics, type MetricsServer, ProcessMetrics, serveMetrics } from "./metrics.js";
+import { NO_OBSERVER } from "./observer.js";
 import { dropPrivileges } from "./privileges.js";
+import type { Keys } from "./protocol/index.js";
 import { Tunnel } from "./tunnel.js";
+import { isWorker, joinPrimary, runPrimary, type WorkerChannel } from "./workers.js";
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parse(argv, RUN_OPTIONS);
@@ -19,18 +24,83 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const flags = parseRunArgs(argv);
-  const log = createLogger(flags.logLevel, flags.logFormat);
-  const cfg = withKeys(flags, log);
-  if (!cfg) return 1;
+  let log = createLogger(flags.logLevel, flags.logFormat);
 
-  const tunnel = new Tunnel(cfg, log);
+  // Operations: --workers, SIGHUP, --metrics (docs/OPERATIONS.md).
+  // Until the handlers below are in place, a SIGHUP (which would otherwise end the process) is noted.
+  if (flags.workers > 1 && !isWorker()) return runPrimary(flags, log, flags.workers);
+  let onHup = () => log.info("SIGHUP before start-up finished: nothing to re-read yet");
+  if (!isWorker()) process.on("SIGHUP", () => onHup());
+  let stopRequested: () => void = () => {};
+  let worker: WorkerChannel | null = null;
+  let setKeys: (keys: Keys[]) => void = () => {};
+  if (isWorker()) {
+    log = log.child({ worker: process.pid });
+    worker = joinPrimary(
+      log,
+      (keys) => setKeys(keys),
+      () => stopRequested(),
+    );
+  }
+  const keyFiles: Buffer[] = [];
+  const cfg = worker ? { ...flags, keys: await worker.keys } : withKeys(flags, log, keyFiles);
+  if (!cfg) return 1;
+  setKeys = (keys) => {
+    cfg.keys = keys;
+  };
+  const metrics = flags.metrics ? new Metrics() : null;
+  if (metrics && worker) metrics.answerClusterScrapes();
+  const proc = flags.metrics && !worker ? new ProcessMetrics() : null;
+  proc?.keys.set(cfg.keys.length);
+  let draining = false;
+  let metricsServer: MetricsServer | null = null;
+
+  const tunnel = new Tunnel(cfg, log, ...([metrics ?? NO_OBSERVER] as unknown as []));
   try {
     await tunnel.start();
+    if (flags.metrics && metrics && proc && !worker) {
+      metricsServer = await serveMetrics(
+        flags.metrics,
+        localScrape(metrics.registry, proc.registry),
+        () => draining,
+        log,
+      );
+      log.info(
+        { metrics: metricsServer.address },
+        `metrics on http://${metricsServer.address}/metrics, health check on /healthz`,
+      );
+    }
   } catch (err) {
     process.stderr.write(`monopiped: ${(err as Error).message}\n`);
+    await tunnel.stop(0);
     return 1;
   }
-  if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
+  if (!worker) {
+    onHup = () => {
+      const r = reloadKeyFiles(flags.keyPaths, keyFiles);
+      if (!r.ok) {
+        proc?.keyReloads.inc({ result: "failed" });
+        log.error(
+          { keys: cfg.keys.length },
+          `SIGHUP: ${r.error}; keeping the ${cfg.keys.length} key(s) in force, nothing changed`,
+        );
+        return;
+      }
+      cfg.keys = r.keys;
+      keyFiles.splice(0, keyFiles.length, ...r.files.bytes);
+      proc?.keys.set(r.keys.length);
+      proc?.keyReloads.inc({ result: "ok" });
+      log.info(
+        {
+          keys: r.keys.length,
+          keyIds: r.ids,
+          warnings: r.files.warnings.length ? r.files.warnings : undefined,
+        },
+        `SIGHUP: re-read ${flags.keyPaths.length} key file(s), ${r.keys.length} key(s) now in force; listener and open connections untouched`,
+      );
+    };
+  }
+  if (flags.pidfile && !worker) writeFileSync(flags.pidfile, `${process.pid}\n`);
   if (flags.runAs) {
     try {
       dropPrivileges(flags.runAs);
@@ -41,7 +111,10 @@ export async function run(argv: string[]): Promise<number> {
       return 1;
     }
   }
-  tunnel.logListening();
+  if (worker) {
+    log.info({ listen: tunnel.address }, `worker ${process.pid} ready`);
+    worker.ready(tunnel.address);
+  } else tunnel.logListening();
 
   return new Promise<number>((resolve) => {
     let signals = 0;
@@ -52,14 +125,20 @@ export async function run(argv: string[]): Promise<number> {
         resolve(1);
         return;
       }
+      draining = true;
+      proc?.draining.set(1);
       log.info(`${sig}: no longer accepting connections`);
-      void tunnel.stop(cfg.graceMs).then(() => {
+      void tunnel.stop(cfg.graceMs).then(async () => {
+        await metricsServer?.close();
         log.info("stopped");
         resolve(0);
       });
     };
-    process.on("SIGINT", onSignal);
-    process.on("SIGTERM", onSignal);
+    if (worker) stopRequested = () => onSignal("SIGTERM");
+    else {
+      process.on("SIGINT", onSignal);
+      process.on("SIGTERM", onSignal);
+    }
   }).finally(() => {
     if (flags.pidfile) {
       try {

@@ -55,7 +55,7 @@ export async function run(argv: string[]): Promise<number> {
   let draining = false;
   let metricsServer: MetricsServer | null = null;
 
-  const tunnel = new Tunnel(cfg, log, ...([metrics ?? NO_OBSERVER] as unknown as []));
+  const tunnel = new Tunnel(cfg, log, metrics ?? NO_OBSERVER);
   try {
     await tunnel.start();
     if (flags.metrics && metrics && proc && !worker) {

@@ -7,13 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import net from "node:net";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import "../helpers/stop-all.js";
 import { freePort, type Proc, spawnProc, waitListening } from "../../bench/procs.js";
 import type { RunningEnd } from "../../src/harness.js";
 import { Fleet } from "../helpers/fleet.js";
-import { metricsAddress } from "../helpers/metrics.js";
+import { metricsAddress, waitForSample } from "../helpers/metrics.js";
 import { echoHandler, echoRoundTrip } from "../helpers/net.js";
 
 const CONFIG = fileURLToPath(new URL("../../../test/e2e/haproxy/haproxy.cfg", import.meta.url));
@@ -110,5 +111,70 @@ describe("HAProxy (send-proxy-v2, health checks on /healthz) in front of two -d 
     }
     assert.equal(opened(r2).length - before, 20, "the surviving replica served them all");
     assert.equal(haproxy.done, false);
+  });
+});
+
+/** A relay to `port` that writes `header` upstream first, as a balancer does. */
+function headerRelay(port: number, header: Buffer) {
+  return fleet.server((client) => {
+    const up = net.connect({ host: "127.0.0.1", port, allowHalfOpen: true });
+    up.on("error", () => client.destroy());
+    client.on("error", () => up.destroy());
+    up.write(header);
+    client.pipe(up);
+    up.pipe(client);
+  });
+}
+
+describe("--proxy-protocol without HAProxy", () => {
+  it("a v1 header's address is logged; no header is refused; without the flag a header is a wrong key", async () => {
+    const target = await fleet.server(echoHandler);
+    const server = (extra: string[]) =>
+      fleet.end([
+        "-d",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `127.0.0.1:${target.port}`,
+        "-k",
+        fleet.key,
+        "--protocol",
+        "monopiped2",
+        "--metrics",
+        "127.0.0.1:0",
+        ...extra,
+      ]);
+    const withFlag = await server(["--proxy-protocol"]);
+    const without = await server([]);
+    const header = Buffer.from("PROXY TCP4 203.0.113.7 127.0.0.1 4242 2222\r\n");
+    const client = async (port: number) =>
+      fleet.end(["-e", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${port}`, "-k", fleet.key]);
+
+    // Through a relay that writes a v1 header: served, and logged with the header's address.
+    const viaRelay = await client((await headerRelay(withFlag.port, header)).port);
+    assert.ok(await carry(viaRelay));
+    const line = await withFlag.waitForLog((l) => l.msg === "connection opened");
+    assert.equal(line.peer, "203.0.113.7:4242");
+
+    // Straight to it, no header: refused (a malformed handshake).
+    const direct = await client(withFlag.port);
+    await assert.rejects(carry(direct, 15_000).then((ok) => assert.ok(ok)));
+    await waitForSample(
+      await metricsAddress(withFlag),
+      "monopiped_handshake_failures_total",
+      { reason: "malformed" },
+      (v) => v === 1,
+    );
+
+    // A server without the flag: the header is not a handshake; it fails as a wrong key.
+    const toPlain = await client((await headerRelay(without.port, header)).port);
+    await assert.rejects(carry(toPlain, 15_000).then((ok) => assert.ok(ok)));
+    await waitForSample(
+      await metricsAddress(without),
+      "monopiped_handshake_failures_total",
+      { reason: "wrong-key" },
+      (v) => v === 1,
+    );
+    assert.equal(opened(without).length, 0);
   });
 });

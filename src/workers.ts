@@ -11,12 +11,12 @@
  * make it stop twice, i.e. at once): it acts on the primary's messages. A worker that dies is
  * replaced; one that dies before it listened stops the whole process (exit 1).
  */
-import cluster, { type Worker } from "node:cluster";
+import type { Worker } from "node:cluster";
 import { unlinkSync, writeFileSync } from "node:fs";
 import type { parseRunArgs } from "./cli.js";
 import { deriveKeys, type KeyFiles, keyId, readKeyFiles, reloadKeyFiles } from "./keys.js";
 import type { Logger } from "./log.js";
-import { clusterScrape, type MetricsServer, ProcessMetrics, serveMetrics } from "./metrics.js";
+import type { MetricsServer, ProcessMetrics } from "./metrics.js";
 import { dropPrivileges } from "./privileges.js";
 import type { Keys } from "./protocol/index.js";
 
@@ -34,10 +34,15 @@ function isMessage(m: unknown): m is Message {
 }
 
 const RESTART_DELAY_MS = 1000;
+/** Set in a worker's environment by runPrimary. */
+const WORKER_ENV = "MONOPIPED_WORKER";
 
-/** True in a process started by runPrimary. */
-export function isWorker(): boolean {
-  return cluster.isWorker;
+/**
+ * True in a worker started by runPrimary (without loading node:cluster, ~2.5 MiB, in every process:
+ * cluster itself removes its own NODE_UNIQUE_ID from a worker's environment at start-up).
+ */
+export function isWorkerProcess(): boolean {
+  return process.env[WORKER_ENV] === "1" && typeof process.send === "function";
 }
 
 /** A worker's side of the channel to its primary. */
@@ -87,10 +92,12 @@ export function joinPrimary(
 }
 
 /** The primary: start `n` workers running the same command line, and act for them. Resolves with the exit code. */
-export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<number> {
-  // First of all: SIGHUP would otherwise end the process while it starts.
-  let onHup = () => log.info("SIGHUP before start-up finished: nothing to re-read yet");
-  process.on("SIGHUP", () => onHup());
+export async function runPrimary(
+  flags: Flags,
+  log: Logger,
+  n: number,
+  handleSighup: (onHup: () => void) => void,
+): Promise<number> {
   let files: KeyFiles;
   try {
     files = readKeyFiles(flags.keyPaths);
@@ -100,14 +107,16 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
   }
   for (const warning of files.warnings) log.warn(warning);
   let keyFiles = files.bytes;
-  const proc = new ProcessMetrics(true);
-  proc.keys.set(keyFiles.length);
+  const { default: cluster } = await import("node:cluster");
+  const m = flags.metrics ? await import("./metrics.js") : null;
+  const proc: ProcessMetrics | null = m ? new m.ProcessMetrics(true) : null;
+  proc?.keys.set(keyFiles.length);
 
   let stopping = false;
   let metrics: MetricsServer | null = null;
-  if (flags.metrics) {
+  if (flags.metrics && m && proc) {
     try {
-      metrics = await serveMetrics(flags.metrics, clusterScrape(proc.registry), () => stopping, log);
+      metrics = await m.serveMetrics(flags.metrics, m.clusterScrape(proc.registry), () => stopping, log);
       log.info(
         { metrics: metrics.address },
         `metrics on http://${metrics.address}/metrics (all workers), health check on /healthz`,
@@ -162,9 +171,9 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
   };
 
   const fork = () => {
-    const w = cluster.fork();
+    const w = cluster.fork({ [WORKER_ENV]: "1" });
     workers.add(w);
-    proc.workers?.set(workers.size);
+    proc?.workers?.set(workers.size);
     w.on("message", (m: unknown) => {
       if (!isMessage(m)) return;
       if (m.monopiped === "keys?") w.send(keysMessage(false));
@@ -177,7 +186,7 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
     w.on("exit", (code, signal) => {
       workers.delete(w);
       ready.delete(w);
-      proc.workers?.set(workers.size);
+      proc?.workers?.set(workers.size);
       const how = signal ? `signal ${signal}` : `code ${code}`;
       if (stopping) {
         if (workers.size === 0) void exitWhenGone(0);
@@ -223,7 +232,7 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
       return;
     }
     stopping = true;
-    proc.draining.set(1);
+    proc?.draining.set(1);
     log.info(
       { workers: workers.size, graceSeconds: flags.graceMs / 1000 },
       `${sig}: stopping ${workers.size} workers; each gives its open connections ${flags.graceMs / 1000} s to finish`,
@@ -231,10 +240,10 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
     stopAll();
     if (workers.size === 0) void exitWhenGone(0);
   };
-  onHup = () => {
+  handleSighup(() => {
     const r = reloadKeyFiles(flags.keyPaths, keyFiles);
     if (!r.ok) {
-      proc.keyReloads.inc({ result: "failed" });
+      proc?.keyReloads.inc({ result: "failed" });
       log.error(
         { keys: keyFiles.length },
         `SIGHUP: ${r.error}; keeping the ${keyFiles.length} key(s) in force, nothing changed`,
@@ -242,8 +251,8 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
       return;
     }
     keyFiles = r.files.bytes;
-    proc.keys.set(keyFiles.length);
-    proc.keyReloads.inc({ result: "ok" });
+    proc?.keys.set(keyFiles.length);
+    proc?.keyReloads.inc({ result: "ok" });
     for (const w of workers) if (w.isConnected()) w.send(keysMessage(true));
     log.info(
       {
@@ -254,7 +263,7 @@ export async function runPrimary(flags: Flags, log: Logger, n: number): Promise<
       },
       `SIGHUP: re-read ${flags.keyPaths.length} key file(s), ${keyFiles.length} key(s) now in force, sent to ${workers.size} workers; listener and open connections untouched`,
     );
-  };
+  });
   process.on("SIGINT", onStop);
   process.on("SIGTERM", onStop);
 

@@ -114,9 +114,11 @@ export async function runPrimary(
 
   let stopping = false;
   let metrics: MetricsServer | null = null;
+  const workers = new Set<Worker>();
+  const ready = new Set<Worker>();
   if (flags.metrics && m && proc) {
     try {
-      metrics = await m.serveMetrics(flags.metrics, m.clusterScrape(proc.registry), () => stopping, log);
+      metrics = await m.serveMetrics(flags.metrics, m.clusterScrape(proc.registry), () => stopping || ready.size === 0, log);
       log.info(
         { metrics: metrics.address },
         `metrics on http://${metrics.address}/metrics (all workers), health check on /healthz`,
@@ -128,8 +130,6 @@ export async function runPrimary(
   }
 
   cluster.schedulingPolicy = cluster.SCHED_RR;
-  const workers = new Set<Worker>();
-  const ready = new Set<Worker>();
   let started = false;
   let finish: (code: number) => void = () => {};
   const done = new Promise<number>((resolve) => {

@@ -42,5 +42,7 @@ for (const choice of ["monopiped2", "auto"] as const) {
   }
   const client = () => createHandshake("client", "monopiped2", [allKeys[0]]).start()[0];
   const valid = perMessageMicros(choice, [allKeys[0]], client);
-  console.log(`${choice} server, 1 key: valid msg1 (answered with msg2) ${valid.toFixed(1)} µs (includes making the msg1)`);
+  console.log(
+    `${choice} server, 1 key: valid msg1 (answered with msg2) ${valid.toFixed(1)} µs (includes making the msg1)`,
+  );
 }

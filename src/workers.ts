@@ -118,7 +118,12 @@ export async function runPrimary(
   const ready = new Set<Worker>();
   if (flags.metrics && m && proc) {
     try {
-      metrics = await m.serveMetrics(flags.metrics, m.clusterScrape(proc.registry), () => stopping || ready.size === 0, log);
+      metrics = await m.serveMetrics(
+        flags.metrics,
+        m.clusterScrape(proc.registry),
+        () => stopping || ready.size === 0,
+        log,
+      );
       log.info(
         { metrics: metrics.address },
         `metrics on http://${metrics.address}/metrics (all workers), health check on /healthz`,

@@ -14,13 +14,15 @@
  */
 import { readFileSync } from "node:fs";
 import net from "node:net";
+import { availableParallelism } from "node:os";
 import { parseArgs } from "node:util";
 import { AddressError, parseAddress, type SocketAddress } from "./address.js";
 import type { Config, Mode } from "./config.js";
-import { KeyFileError, readKeyFile, writeKeyFile } from "./keyfile.js";
+import { KeyFileError, writeKeyFile } from "./keyfile.js";
+import { deriveKeys, readKeyFiles } from "./keys.js";
 import { LOG_LEVELS, type LogFormat, type Logger, type LogLevel } from "./log.js";
 import { parseRunAs, type RunAs } from "./privileges.js";
-import { PROTOCOL_ALIASES, prepareKeys } from "./protocol/index.js";
+import { PROTOCOL_ALIASES } from "./protocol/index.js";
 
 export class UsageError extends Error {}
 
@@ -62,7 +64,9 @@ Required:
                              the original monopiped)
   -t, --target ADDR|URL      where to connect: host:port, [ipv6]:port, /unix/socket, or for -e
                              a ws:// or wss:// URL to reach a -w server through HTTP proxies
-  -k, --key FILE             shared key file, at least 32 bytes ("-" = standard input)
+  -k, --key FILE             shared key file, at least 32 bytes ("-" = standard input); may be
+                             given more than once: a server accepts any of the keys, a client
+                             uses the first; SIGHUP re-reads every key file
 
 Options:
   -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
@@ -73,8 +77,17 @@ Options:
                              replayed handshake reaches the target; it warns at start-up)
   -f, --no-pfs               --protocol spiped: no forward secrecy (as spiped -f)
   -g, --require-pfs          --protocol spiped: refuse a peer without forward secrecy (spiped -g)
-  -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
+  -n, --max-conns N          at most N connections served at once; more wait (default 100,
+                             0 = no limit). A -d server counts authenticated connections only
   -o, --timeout SECONDS      handshake and connect timeout (default 5)
+      --max-pending N        -d: at most N connections not yet authenticated; for a new one the
+                             oldest is dropped (default 1024, 0 = no limit)
+      --hello-timeout SECS   -d: the first handshake message must arrive within SECS (default 3)
+      --queue-timeout SECS   how long a connection waits for a -n slot before it is refused
+                             (default 30)
+      --idle-timeout SECS    cut a connection with no byte either way for SECS (default 0 = off)
+      --stall-timeout SECS   cut a connection whose queued data makes no progress towards the
+                             application or the peer for SECS (default 60, 0 = off)
       --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
   -b, --bind IP              local address for outgoing connections (also as spiped: [IP]:0)
   -j, --no-keepalive         do not enable TCP keepalive
@@ -96,6 +109,13 @@ Options:
       --log-format FORMAT    text (default) or json; logs go to standard error (or --syslog)
   -h, --help                 show this help
   -v, --version              print the version
+
+Operations options (docs/OPERATIONS.md):
+      --metrics ADDR         serve Prometheus metrics at http://ADDR/metrics and a health check
+                             at /healthz (200, or 503 while stopping); off by default
+      --workers N|auto       run N processes sharing the listener (auto = one per core; default 1)
+      --proxy-protocol       -d: each connection starts with a PROXY protocol v1/v2 header from a
+                             trusted balancer (HAProxy send-proxy-v2); logs show the real client
 
 WebSocket options:
       --path /PATH           -d -w: serve only this path (others get 404)
@@ -138,13 +158,18 @@ export const RUN_OPTIONS = {
   listener: { type: "string" },
   source: { type: "string", short: "s" },
   target: { type: "string", short: "t" },
-  key: { type: "string", short: "k" },
+  key: { type: "string", short: "k", multiple: true },
   ws: { type: "boolean", short: "w" },
   protocol: { type: "string" },
   "no-pfs": { type: "boolean", short: "f" },
   "require-pfs": { type: "boolean", short: "g" },
   "max-conns": { type: "string", short: "n" },
   timeout: { type: "string", short: "o" },
+  "max-pending": { type: "string" },
+  "hello-timeout": { type: "string" },
+  "queue-timeout": { type: "string" },
+  "idle-timeout": { type: "string" },
+  "stall-timeout": { type: "string" },
   grace: { type: "string" },
   bind: { type: "string", short: "b" },
   "no-keepalive": { type: "boolean", short: "j" },
@@ -169,6 +194,9 @@ export const RUN_OPTIONS = {
   host: { type: "string" },
   header: { type: "string", short: "H", multiple: true },
   proxy: { type: "string" },
+  metrics: { type: "string" },
+  workers: { type: "string" },
+  "proxy-protocol": { type: "boolean" },
 } as const;
 
 /** The spelling of a flag for messages: "-n/--max-conns". */
@@ -261,6 +289,18 @@ function number(
   return n;
 }
 
+/** A duration flag in seconds -> milliseconds; `offAllowed`: 0 turns the feature off. */
+function seconds(value: string | undefined, flag: string, def: number, offAllowed: boolean): number {
+  const n = number(
+    value,
+    flag,
+    def,
+    (x) => (offAllowed ? x >= 0 : x > 0) && x <= 86400 * 365,
+    offAllowed ? "seconds >= 0 (0 = off)" : "seconds > 0",
+  );
+  return Math.round(n * 1000);
+}
+
 function address(value: string, flag: string, allowUrl: boolean, allowPortZero: boolean) {
   try {
     return parseAddress(value, { allowUrl, allowPortZero });
@@ -294,6 +334,9 @@ const NOT_FOR_PIPE = [
   "source",
   "ws",
   "max-conns",
+  "max-pending",
+  "hello-timeout",
+  "queue-timeout",
   "grace",
   "pidfile",
   "path",
@@ -302,6 +345,9 @@ const NOT_FOR_PIPE = [
   "daemon",
   "wait-dns",
   "syslog",
+  "metrics",
+  "workers",
+  "proxy-protocol",
 ] as const;
 
 /**
@@ -311,8 +357,11 @@ const NOT_FOR_PIPE = [
 export function parseRunArgs(
   argv: string[],
   flavour: "run" | "pipe" = "run",
-): Omit<Config, "keys" | "proxyProtocol" | "listenFd"> & {
+): Omit<Config, "keys" | "listenFd"> & {
   keyPath: string;
+  keyPaths: string[];
+  metrics?: SocketAddress;
+  workers: number;
   pidfile?: string;
   runAs?: RunAs;
   /** --daemon: run in the background once listening (spiped's default; see src/daemon.ts). */
@@ -382,7 +431,7 @@ export function parseRunArgs(
     );
   }
 
-  const protocolText = v.protocol ?? (mode === "decrypt" ? "auto" : "monopiped2");
+  const protocolText = v.protocol ?? "monopiped2";
   const protocol = PROTOCOL_ALIASES[protocolText.toLowerCase()];
   if (!protocol)
     throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1), spiped or auto`);
@@ -393,6 +442,13 @@ export function parseRunArgs(
   for (const flag of ["no-pfs", "require-pfs"] as const) {
     if (v[flag] && protocol !== "spiped")
       throw new UsageError(`${flagName(flag)} applies to --protocol spiped only`);
+  }
+
+  for (const flag of ["max-pending", "hello-timeout"] as const) {
+    if (v[flag] !== undefined && mode !== "decrypt")
+      throw new UsageError(
+        `${flagName(flag)} applies to a -d server only (it limits connections that have not proved the key)`,
+      );
   }
 
   const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter(
@@ -434,7 +490,8 @@ export function parseRunArgs(
     wsListen: Boolean(v.ws),
     protocol,
     spiped: { noPfs: Boolean(v["no-pfs"]), requirePfs: Boolean(v["require-pfs"]) },
-    keyPath: v.key,
+    keyPath: v.key[0],
+    ...operationsFlags(v, mode),
     maxConns: number(
       v["max-conns"],
       "-n/--max-conns",
@@ -443,6 +500,17 @@ export function parseRunArgs(
       "a whole number >= 0 (0 = no limit)",
     ),
     timeoutMs: timeout * 1000,
+    maxPending: number(
+      v["max-pending"],
+      "--max-pending",
+      1024,
+      (n) => Number.isInteger(n) && n >= 0,
+      "a whole number >= 0 (0 = no limit)",
+    ),
+    helloTimeoutMs: seconds(v["hello-timeout"], "--hello-timeout", 3, false),
+    queueTimeoutMs: seconds(v["queue-timeout"], "--queue-timeout", 30, false),
+    idleTimeoutMs: seconds(v["idle-timeout"], "--idle-timeout", 0, true),
+    stallTimeoutMs: seconds(v["stall-timeout"], "--stall-timeout", 60, true),
     graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
     keepAlive: !v["no-keepalive"],
     bindHost: v.bind === undefined ? undefined : bindAddress(v.bind),
@@ -466,6 +534,38 @@ export function parseRunArgs(
     logLevel,
     logFormat,
   };
+}
+
+/** -k (repeatable), --metrics, --workers, --proxy-protocol. */
+function operationsFlags(
+  v: ReturnType<typeof parse<typeof RUN_OPTIONS>>["values"],
+  mode: Mode,
+): { keyPaths: string[]; metrics?: SocketAddress; workers: number; proxyProtocol: boolean } {
+  const keyPaths = v.key ?? [];
+  if (keyPaths.filter((k) => k === "-").length > 1)
+    throw new UsageError("-k/--key -: standard input can give one key only");
+  const metrics =
+    v.metrics === undefined ? undefined : (address(v.metrics, "--metrics", false, true) as SocketAddress);
+  let workers = 1;
+  if (v.workers !== undefined) {
+    workers =
+      v.workers === "auto"
+        ? availableParallelism()
+        : number(
+            v.workers,
+            "--workers",
+            1,
+            (n) => Number.isInteger(n) && n >= 1 && n <= 256,
+            "a whole number 1-256 or auto",
+          );
+  }
+  if (v["proxy-protocol"] && mode !== "decrypt")
+    throw new UsageError("--proxy-protocol applies to a -d server (behind HAProxy or another balancer)");
+  if (v["proxy-protocol"] && v.ws)
+    throw new UsageError(
+      "--proxy-protocol applies to a plain TCP -d listener; behind a web server use -w --trust-proxy",
+    );
+  return { keyPaths, metrics, workers, proxyProtocol: Boolean(v["proxy-protocol"]) };
 }
 
 export function keygen(argv: string[]): number {
@@ -498,17 +598,19 @@ export function keygen(argv: string[]): number {
 }
 
 /**
- * The Config with the key file read and checked; null (after `report` said why) when it cannot be
- * used. `report` defaults to a line on standard error.
+ * The Config with the key files read and checked (one key per -k); null (after `report` said why)
+ * when one cannot be used. `files` receives the files' contents (to re-read standard input's on
+ * SIGHUP); `report` defaults to a line on standard error.
  */
 export function withKeys(
   flags: ReturnType<typeof parseRunArgs>,
   log: Logger,
+  files: Buffer[] = [],
   report: (message: string) => void = (m) => process.stderr.write(`monopiped: ${m}\n`),
 ): Config | null {
-  let keyFile: ReturnType<typeof readKeyFile>;
+  let read: ReturnType<typeof readKeyFiles>;
   try {
-    keyFile = readKeyFile(flags.keyPath);
+    read = readKeyFiles(flags.keyPaths);
   } catch (err) {
     if (err instanceof KeyFileError) {
       report(err.message);
@@ -516,6 +618,7 @@ export function withKeys(
     }
     throw err;
   }
-  for (const warning of keyFile.warnings) log.warn(warning);
-  return { ...flags, proxyProtocol: false, keys: [prepareKeys(keyFile.bytes)] };
+  for (const warning of read.warnings) log.warn(warning);
+  files.push(...read.bytes);
+  return { ...flags, keys: deriveKeys(read.bytes) };
 }

@@ -2,16 +2,24 @@
  * `monopiped -e|-d ...`: one end of a tunnel as a long-running process: write the pidfile (checked
  * before anything is bound), wait for DNS (-D), start the listener, drop privileges, log the ready
  * line, and stop on SIGINT/SIGTERM after a grace period, removing the pidfile. With --daemon the
- * process first starts a background copy of itself and returns once that copy is ready.
+ * process first starts a background copy of itself and returns once that copy is ready. Operations
+ * (docs/OPERATIONS.md): --workers runs the primary (src/workers.ts), SIGHUP re-reads the key files,
+ * --metrics serves Prometheus text and /healthz. The cluster and metrics modules are loaded only
+ * when used (node:cluster adds ~2.5 MiB to the process, prom-client ~13 MiB).
  */
 import { closeSync, openSync, unlinkSync, writeSync } from "node:fs";
-import { HELP, parse, parseRunArgs, RUN_OPTIONS, USAGE, VERSION, withKeys } from "./cli.js";
+import { HELP, parse, parseRunArgs, RUN_OPTIONS, USAGE, UsageError, VERSION, withKeys } from "./cli.js";
 import { detachFromParent, isDaemonChild, startDaemon, tellParent } from "./daemon.js";
 import { namesToWaitFor, waitForNames } from "./dns-wait.js";
+import { reloadKeyFiles } from "./keys.js";
 import { createLogger } from "./log.js";
+import type { MetricsServer } from "./metrics.js";
+import { NO_OBSERVER } from "./observer.js";
 import { dropPrivileges } from "./privileges.js";
+import type { Keys } from "./protocol/index.js";
 import { openSyslog } from "./syslog.js";
 import { Tunnel } from "./tunnel.js";
+import { isWorkerProcess, joinPrimary, runPrimary, type WorkerChannel } from "./workers.js";
 
 /**
  * Write the process id to `path` before anything is bound, so that a pidfile that cannot be
@@ -69,8 +77,13 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const flags = parseRunArgs(argv);
+  const inWorker = isWorkerProcess();
   const daemonChild = isDaemonChild();
-  if (flags.daemon && !daemonChild)
+  if (flags.daemon && flags.workers > 1)
+    throw new UsageError(
+      "--daemon and --workers cannot be combined yet: run the workers in the foreground under a supervisor (docs/systemd/)",
+    );
+  if (flags.daemon && !daemonChild && !inWorker)
     return startDaemon({
       keyFromStdin: flags.keyPath === "-",
       pidfile: flags.pidfile as string,
@@ -85,20 +98,51 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   };
 
-  const log = createLogger(flags.logLevel, flags.logFormat, flags.syslog ? openSyslog() : undefined);
+  let log = createLogger(flags.logLevel, flags.logFormat, flags.syslog ? openSyslog() : undefined);
+  // Until the handlers below are in place, a SIGHUP (which would otherwise end the process) is noted.
+  let onHup = () => log.info("SIGHUP before start-up finished: nothing to re-read yet");
+  if (!inWorker) process.on("SIGHUP", () => onHup());
+  if (flags.workers > 1 && !inWorker)
+    return runPrimary(flags, log, flags.workers, (fn) => {
+      onHup = fn;
+    });
+  const m = flags.metrics ? await import("./metrics.js") : null;
+  let stopRequested: () => void = () => {};
+  let worker: WorkerChannel | null = null;
+  let setKeys: (keys: Keys[]) => void = () => {};
+  if (inWorker) {
+    log = log.child({ worker: process.pid });
+    worker = joinPrimary(
+      log,
+      (keys) => setKeys(keys),
+      () => stopRequested(),
+    );
+  }
+  const keyFiles: Buffer[] = [];
   let keyError = "";
-  const cfg = withKeys(flags, log, (m) => {
-    keyError = m;
-  });
+  const cfg = worker
+    ? { ...flags, keys: await worker.keys }
+    : withKeys(flags, log, keyFiles, (msg) => {
+        keyError = msg;
+      });
   if (!cfg) return fail(keyError);
+  setKeys = (keys) => {
+    cfg.keys = keys;
+  };
+  const metrics = m ? new m.Metrics() : null;
+  if (metrics && worker) metrics.answerClusterScrapes();
+  const proc = m && !worker ? new m.ProcessMetrics() : null;
+  proc?.keys.set(cfg.keys.length);
+  let draining = false;
+  let metricsServer: MetricsServer | null = null;
 
-  const pidfile = flags.pidfile;
+  const pidfile = worker ? undefined : flags.pidfile;
   if (pidfile) {
     const err = writePidfile(pidfile, values.pidfile === undefined);
     if (err) return fail(err);
   }
 
-  const tunnel = new Tunnel(cfg, log);
+  const tunnel = new Tunnel(cfg, log, metrics ?? NO_OBSERVER);
   let started = false;
   const stopWaiting = new AbortController();
   let resolveDone: (code: number) => void = () => {};
@@ -119,14 +163,20 @@ export async function run(argv: string[]): Promise<number> {
       resolveDone(0);
       return;
     }
+    draining = true;
+    proc?.draining.set(1);
     log.info(`${sig}: no longer accepting connections`);
-    void tunnel.stop(cfg.graceMs).then(() => {
+    void tunnel.stop(cfg.graceMs).then(async () => {
+      await metricsServer?.close();
       log.info("stopped");
       resolveDone(0);
     });
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  if (worker) stopRequested = () => onSignal("SIGTERM");
+  else {
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  }
 
   try {
     const code = await Promise.race([done, serve()]);
@@ -148,9 +198,23 @@ export async function run(argv: string[]): Promise<number> {
     if (stopWaiting.signal.aborted) return done;
     try {
       await tunnel.start();
+      if (flags.metrics && m && metrics && proc) {
+        metricsServer = await m.serveMetrics(
+          flags.metrics,
+          m.localScrape(metrics.registry, proc.registry),
+          () => draining,
+          log,
+        );
+        log.info(
+          { metrics: metricsServer.address },
+          `metrics on http://${metricsServer.address}/metrics, health check on /healthz`,
+        );
+      }
     } catch (err) {
+      await tunnel.stop(0);
       return fail((err as Error).message);
     }
+    if (!worker) onHup = reloadKeys;
     if (flags.runAs) {
       try {
         dropPrivileges(flags.runAs);
@@ -161,11 +225,40 @@ export async function run(argv: string[]): Promise<number> {
       }
     }
     started = true;
-    tunnel.logListening();
+    if (worker) {
+      log.info({ listen: tunnel.address }, `worker ${process.pid} ready`);
+      worker.ready(tunnel.address);
+    } else tunnel.logListening();
     if (daemonChild) {
       await tellParent({ type: "ready" });
       detachFromParent();
     }
     return done;
+  }
+
+  /** SIGHUP: re-read every key file; all or nothing, the listener and open connections untouched. */
+  function reloadKeys(): void {
+    if (!cfg) return;
+    const r = reloadKeyFiles(flags.keyPaths, keyFiles);
+    if (!r.ok) {
+      proc?.keyReloads.inc({ result: "failed" });
+      log.error(
+        { keys: cfg.keys.length },
+        `SIGHUP: ${r.error}; keeping the ${cfg.keys.length} key(s) in force, nothing changed`,
+      );
+      return;
+    }
+    cfg.keys = r.keys;
+    keyFiles.splice(0, keyFiles.length, ...r.files.bytes);
+    proc?.keys.set(r.keys.length);
+    proc?.keyReloads.inc({ result: "ok" });
+    log.info(
+      {
+        keys: r.keys.length,
+        keyIds: r.ids,
+        warnings: r.files.warnings.length ? r.files.warnings : undefined,
+      },
+      `SIGHUP: re-read ${flags.keyPaths.length} key file(s), ${r.keys.length} key(s) now in force; listener and open connections untouched`,
+    );
   }
 }

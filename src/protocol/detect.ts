@@ -5,7 +5,6 @@
  * original client allows (it sends its hello without waiting for the server's).
  */
 import { ByteQueue } from "./bytequeue.js";
-import { ProtocolError } from "./errors.js";
 import type { Keys } from "./index.js";
 import { isMonopiped1ClientHello, monopiped1Handshake } from "./monopiped1.js";
 import { monopiped2Handshake } from "./monopiped2.js";
@@ -17,7 +16,7 @@ const SPIPED_NONCE_LEN = 32;
 class AutoServerHandshake implements Handshake {
   private readonly queue = new ByteQueue();
   private chosen: Handshake | null = null;
-  constructor(private readonly keys: Keys) {}
+  constructor(private readonly keySets: readonly Keys[]) {}
 
   get session(): Session | null {
     return this.chosen?.session ?? null;
@@ -35,25 +34,24 @@ class AutoServerHandshake implements Handshake {
     this.queue.push(bytes);
     if (this.queue.length < FIRST_MESSAGE_LEN) return [];
     const all = this.queue.takeAll();
-    // Building a handshake costs a fresh X25519 key pair: test the hello's tag first.
-    if (isMonopiped1ClientHello(this.keys.monopiped1, all.subarray(0, FIRST_MESSAGE_LEN))) {
-      const v1 = monopiped1Handshake("server", this.keys.monopiped1);
+    const first = all.subarray(0, FIRST_MESSAGE_LEN);
+    // Tags first, under every key (one AEAD open each), before anything costs a key pair.
+    const v1Keys = this.keySets.find((k) => isMonopiped1ClientHello(k.monopiped1, first));
+    if (v1Keys) {
+      const v1 = monopiped1Handshake("server", v1Keys.monopiped1);
       v1.receive(all);
       this.chosen = v1;
       return v1.start();
     }
-    const v2 = monopiped2Handshake("server", this.keys.monopiped2);
-    try {
-      const out = v2.receive(all);
-      this.chosen = v2;
-      return out;
-    } catch (err) {
-      if (!(err instanceof ProtocolError)) throw err;
-      throw new ProtocolError(
-        "bad-handshake",
-        "first message did not authenticate: wrong key or not a monopiped peer",
-      );
-    }
+    // monopiped2 checks msg1 under each key before it generates its ephemeral. Its own error for a
+    // bad msg1 ("bad-handshake") says "wrong key"; a msg3 that fails after msg1 authenticated (when
+    // both came in one read, as with a replayed capture) keeps its "key-confirmation" error.
+    const v2 = monopiped2Handshake(
+      "server",
+      this.keySets.map((k) => k.monopiped2),
+    );
+    this.chosen = v2;
+    return v2.receive(all);
   }
 
   takeRest(): Buffer {
@@ -67,6 +65,6 @@ class AutoServerHandshake implements Handshake {
   }
 }
 
-export function serverAutoHandshake(keys: Keys): Handshake {
-  return new AutoServerHandshake(keys);
+export function serverAutoHandshake(keySets: readonly Keys[]): Handshake {
+  return new AutoServerHandshake(keySets);
 }

@@ -1,14 +1,19 @@
 /**
- * Which handshake runs on a connection. Keys are derived once per process from the key file.
- * A server in "auto" mode serves both monopiped2 and the original monopiped (monopiped1) on one
- * listener: both clients open with a 48-byte message, so the server reads those 48 bytes before it
- * says anything and tries the monopiped1 key first, then monopiped2 (detect.ts). A spiped client
- * sends 32 bytes and then waits for the server's nonce, so it cannot be detected: a server for
- * spiped clients runs with --protocol spiped.
+ * Which handshake runs on a connection. Each protocol's keys are derived from the key file on first
+ * use and then kept, so only the protocol in use pays for its derivation. A server in "auto" mode
+ * serves both monopiped2 and the original monopiped (monopiped1) on one listener: both clients
+ * open with a 48-byte message, so the server reads those 48 bytes before it says anything and tries
+ * the monopiped1 key first, then monopiped2 (detect.ts). A spiped client sends 32 bytes and then
+ * waits for the server's nonce, so it cannot be detected: a server for spiped clients runs with
+ * --protocol spiped.
+ *
+ * Several key files (-k given more than once): a client uses the first; a server accepts any, at a
+ * fixed cost per key for a first message that does not authenticate (see each protocol's
+ * handshake, and docs/SECURITY.md).
  */
 import { serverAutoHandshake } from "./detect.js";
 import { type Monopiped1Keys, monopiped1Handshake, monopiped1Keys } from "./monopiped1.js";
-import { monopiped2Handshake, monopiped2Psk } from "./monopiped2.js";
+import { type Monopiped2Key, monopiped2Handshake, monopiped2Key } from "./monopiped2.js";
 import { prepareSpiped, type SpipedOptions, spipedHandshake, spipedKey } from "./spiped.js";
 import type { Handshake, ProtocolName, Role } from "./types.js";
 
@@ -23,18 +28,37 @@ export const PROTOCOL_ALIASES: Record<string, ProtocolChoice> = {
   spiped: "spiped",
 };
 
+/** One key file's keys for each protocol; each is derived on first use. */
 export interface Keys {
-  monopiped2: Buffer;
-  monopiped1: Monopiped1Keys;
-  spiped: Buffer;
+  readonly monopiped2: Monopiped2Key;
+  readonly monopiped1: Monopiped1Keys;
+  readonly spiped: Buffer;
+}
+
+class LazyKeys implements Keys {
+  private v2: Monopiped2Key | null = null;
+  private v1: Monopiped1Keys | null = null;
+  private sp: Buffer | null = null;
+  private readonly keyFile: Buffer;
+  constructor(keyFile: Buffer) {
+    this.keyFile = Buffer.from(keyFile); // our own copy: the caller may wipe or reuse its buffer
+  }
+  get monopiped2(): Monopiped2Key {
+    this.v2 ??= monopiped2Key(this.keyFile);
+    return this.v2;
+  }
+  get monopiped1(): Monopiped1Keys {
+    this.v1 ??= monopiped1Keys(this.keyFile);
+    return this.v1;
+  }
+  get spiped(): Buffer {
+    this.sp ??= spipedKey(this.keyFile);
+    return this.sp;
+  }
 }
 
 export function prepareKeys(keyFile: Buffer): Keys {
-  return {
-    monopiped2: monopiped2Psk(keyFile),
-    monopiped1: monopiped1Keys(keyFile),
-    spiped: spipedKey(keyFile),
-  };
+  return new LazyKeys(keyFile);
 }
 
 /** One-time set-up a protocol needs before its first handshake (spiped's DH group object). */
@@ -48,17 +72,33 @@ export function createHandshake(
   keySets: readonly Keys[],
   spipedOptions: SpipedOptions = {},
 ): Handshake {
-  // TODO(multi-key): a server accepts any of keySets; for now the first.
-  const keys = keySets[0];
+  if (keySets.length === 0) throw new Error("no key");
+  // A client speaks under its first key only.
+  const keys = role === "client" ? keySets.slice(0, 1) : keySets;
   switch (choice) {
     case "spiped":
-      return spipedHandshake(role, keys.spiped, spipedOptions);
+      return spipedHandshake(
+        role,
+        keys.map((k) => k.spiped),
+        spipedOptions,
+      );
     case "monopiped1":
-      return monopiped1Handshake(role, keys.monopiped1);
+      return monopiped1Handshake(
+        role,
+        keys.map((k) => k.monopiped1),
+      );
     case "monopiped2":
-      return monopiped2Handshake(role, keys.monopiped2);
+      return monopiped2Handshake(
+        role,
+        keys.map((k) => k.monopiped2),
+      );
     case "auto":
-      return role === "server" ? serverAutoHandshake(keys) : monopiped2Handshake(role, keys.monopiped2);
+      return role === "server"
+        ? serverAutoHandshake(keys)
+        : monopiped2Handshake(
+            role,
+            keys.map((k) => k.monopiped2),
+          );
     default:
       throw new Error(`protocol ${choice} is not available`);
   }

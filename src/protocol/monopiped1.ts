@@ -276,9 +276,11 @@ class Monopiped1Opener implements RecordOpener {
 }
 
 class Monopiped1Handshake implements Handshake {
-  private readonly privateKey: KeyObject;
-  private readonly hello = Buffer.alloc(HELLO_LEN);
-  private readonly peerAead: CounterAead;
+  private privateKeyObject: KeyObject | null = null;
+  /** Our hello, once we know the key it is sealed under (a server with several keys: once the client's opened). */
+  private hello: Buffer | null = null;
+  private started = false;
+  private helloSent = false;
   private readonly peerHello = Buffer.alloc(HELLO_LEN);
   private held = 0;
   private rest = Buffer.alloc(0);
@@ -286,17 +288,30 @@ class Monopiped1Handshake implements Handshake {
 
   constructor(
     private readonly role: Role,
-    keys: Monopiped1Keys,
-    ephemeralSecret?: Buffer,
+    private readonly keys: readonly Monopiped1Keys[],
+    private readonly ephemeralSecret?: Buffer,
   ) {
-    const secret = ephemeralSecret ?? randomBytes(32);
-    this.privateKey = privateKeyFromSecret(secret);
-    if (!ephemeralSecret) secret.fill(0);
-    const [ownKey, peerKey] =
-      role === "client" ? [keys.clientKey, keys.serverKey] : [keys.serverKey, keys.clientKey];
+    if (keys.length === 0) throw new Error("monopiped1: no key");
+    // A client, or a server with one key, knows its hello's key at once. A server with several
+    // sends its hello once the client's hello has told which key (the original client sends its
+    // hello without waiting for the server's, §4.3).
+    if (role === "client" || keys.length === 1) this.sealHello(keys[0]);
+  }
+
+  private get privateKey(): KeyObject {
+    if (!this.privateKeyObject) {
+      const secret = this.ephemeralSecret ?? randomBytes(32);
+      this.privateKeyObject = privateKeyFromSecret(secret);
+      if (!this.ephemeralSecret) secret.fill(0);
+    }
+    return this.privateKeyObject;
+  }
+
+  private sealHello(keys: Monopiped1Keys): void {
+    const ownKey = this.role === "client" ? keys.clientKey : keys.serverKey;
     // Both hellos use nonce 0 and do not advance the data nonces (§4, §5).
+    this.hello = Buffer.alloc(HELLO_LEN);
     new CounterAead(ownKey).sealInto(publicKeyBytes(this.privateKey), this.hello, 0);
-    this.peerAead = new CounterAead(peerKey);
   }
 
   get session(): Session | null {
@@ -310,6 +325,13 @@ class Monopiped1Handshake implements Handshake {
   // Neither side waits for the other (§4.3), and a server that detects the protocol from the client's
   // hello calls receive() first, so start() and receive() may come in either order.
   start(): Buffer[] {
+    this.started = true;
+    return this.takeHello();
+  }
+
+  private takeHello(): Buffer[] {
+    if (!this.started || !this.hello || this.helloSent) return [];
+    this.helloSent = true;
     return [this.hello];
   }
 
@@ -323,6 +345,7 @@ class Monopiped1Handshake implements Handshake {
     if (this.held === HELLO_LEN) {
       this.done = this.finish();
       this.rest = Buffer.from(bytes.subarray(taken));
+      return this.takeHello();
     }
     return [];
   }
@@ -333,11 +356,21 @@ class Monopiped1Handshake implements Handshake {
     return rest;
   }
 
-  private finish(): Session {
-    const peerPublic = this.peerAead.open(this.peerHello);
-    if (peerPublic === null) {
-      throw new ProtocolError("bad-handshake", "monopiped1 hello did not authenticate (wrong key file?)");
+  /** The peer's public key from its hello: a client under its key, a server under each of its keys in turn. */
+  private openPeerHello(): Buffer {
+    const candidates = this.role === "client" ? [this.keys[0]] : this.keys;
+    for (const keys of candidates) {
+      const peerKey = this.role === "client" ? keys.serverKey : keys.clientKey;
+      const peerPublic = new CounterAead(peerKey).open(this.peerHello);
+      if (peerPublic === null) continue;
+      if (!this.hello) this.sealHello(keys);
+      return peerPublic;
     }
+    throw new ProtocolError("bad-handshake", "monopiped1 hello did not authenticate (wrong key file?)");
+  }
+
+  private finish(): Session {
+    const peerPublic = this.openPeerHello();
     const shared = sharedSecret(this.privateKey, peerPublic);
     if (shared === null)
       throw new ProtocolError("bad-handshake", "monopiped1 peer public key has small order");
@@ -360,9 +393,21 @@ export function isMonopiped1ClientHello(keys: Monopiped1Keys, hello: Buffer): bo
   return hello.length === HELLO_LEN && new CounterAead(keys.clientKey).open(hello) !== null;
 }
 
-/** The monopiped1 handshake; `ephemeralSecret` (32 bytes) is for test vectors only, otherwise random. */
-export function monopiped1Handshake(role: Role, keys: Monopiped1Keys, ephemeralSecret?: Buffer): Handshake {
-  return new Monopiped1Handshake(role, keys, ephemeralSecret);
+/**
+ * The monopiped1 handshake. `keys`: one key file's keys, or several (a client uses the first, a
+ * server accepts a hello under any: one XChaCha20-Poly1305 open of 48 bytes per key).
+ * `ephemeralSecret` (32 bytes) is for test vectors only, otherwise random.
+ */
+export function monopiped1Handshake(
+  role: Role,
+  keys: Monopiped1Keys | readonly Monopiped1Keys[],
+  ephemeralSecret?: Buffer,
+): Handshake {
+  return new Monopiped1Handshake(
+    role,
+    Array.isArray(keys) ? keys : [keys as Monopiped1Keys],
+    ephemeralSecret,
+  );
 }
 
 /** Building blocks exposed for the test vectors; not part of the API. */

@@ -10,6 +10,10 @@
  * depend on the server's fresh ephemeral key: a replayed msg1 can never get that far, so nothing
  * short of a live key holder makes the server connect to its target.
  *
+ * A server may hold several keys: it checks msg1's tag under each key's precomputed state (one
+ * BLAKE2b hash, one HKDF and one 16-byte AEAD open per key) and generates its ephemeral only for
+ * the key that verifies.
+ *
  * Record = header || body. header = seal(type u8 || length u16 BE) (3 + 16 bytes); body =
  * seal(payload) (length + 16 bytes) and is absent when length is 0. Both are ordinary Noise transport
  * messages with consecutive nonces, so lengths never travel in the clear and any reordering,
@@ -18,7 +22,14 @@
 import { createHmac } from "node:crypto";
 import { ByteQueue } from "./bytequeue.js";
 import { ProtocolError } from "./errors.js";
-import { type CipherState, type KeyPair, NoiseHandshake, type PieceDecryptor, TAGLEN } from "./noise.js";
+import {
+  type CipherState,
+  type KeyPair,
+  NoiseHandshake,
+  type PieceDecryptor,
+  PreparedPsk,
+  TAGLEN,
+} from "./noise.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 
 export const PROLOGUE = Buffer.from("monopiped2", "ascii");
@@ -39,16 +50,41 @@ export function monopiped2Psk(keyFile: Buffer): Buffer {
   return createHmac("blake2b512", PSK_LABEL).update(keyFile).digest().subarray(0, 32);
 }
 
+/** One key file's monopiped2 key: the psk and the handshake state after it (computed once). */
+export class Monopiped2Key {
+  readonly prepared: PreparedPsk;
+  constructor(readonly psk: Buffer) {
+    this.prepared = new PreparedPsk("BLAKE2b", PROLOGUE, psk);
+  }
+}
+
+/** The monopiped2 key of a key file. */
+export function monopiped2Key(keyFile: Buffer): Monopiped2Key {
+  return new Monopiped2Key(monopiped2Psk(keyFile));
+}
+
 // ---------------------------------------------------------------------------------------------
 export class Monopiped2Sealer implements RecordSealer {
   readonly maxPlaintext = MAX_PAYLOAD;
   private readonly header = Buffer.alloc(HEADER_PLAIN_LEN);
   constructor(private readonly cipher: CipherState) {}
 
+  /**
+   * Throws ProtocolError("nonce-limit") unless `nonces` more nonces are all below 2^48. Checked
+   * before a call produces any byte, so a record is never half sealed and the caller can close
+   * the transport without END (which could not be sealed either).
+   */
+  private reserve(nonces: number): void {
+    if (!this.cipher.hasNonces(nonces)) {
+      throw new ProtocolError("nonce-limit", "message counter limit (2^48) reached: the connection must end");
+    }
+  }
+
   /** One record whose payload is the concatenation of `payload` (at most MAX_PAYLOAD bytes). */
   private record(type: number, ...payload: Buffer[]): Buffer {
     let length = 0;
     for (const p of payload) length += p.length;
+    this.reserve(length > 0 ? 2 : 1);
     this.header[0] = type;
     this.header.writeUInt16BE(length, 1);
     // One allocation per record; the payload is copied once, as ciphertext.
@@ -61,6 +97,8 @@ export class Monopiped2Sealer implements RecordSealer {
   seal(plain: Buffer, carried?: Buffer): Buffer[] {
     // The pump carries only what did not fill a record; anything longer is simply joined.
     if (carried && carried.length >= MAX_PAYLOAD) return this.seal(Buffer.concat([carried, plain]));
+    // Every record of this call is non-empty and takes two nonces: all or none are sealed.
+    this.reserve(2 * Math.ceil((plain.length + (carried?.length ?? 0)) / MAX_PAYLOAD));
     const out: Buffer[] = [];
     let off = 0;
     if (carried && carried.length > 0) {
@@ -103,6 +141,10 @@ export class Monopiped2Opener implements RecordOpener {
   /** The body of the pending record, decrypted as its pieces arrive; bodyFed bytes of it are in. */
   private body: PieceDecryptor | null = null;
   private bodyFed = 0;
+  /**
+   * "end" once END is in (only one ABORT may still follow: the peer's application reset the
+   * connection while the other direction was flowing), "abort" once ABORT is in (nothing may follow).
+   */
   private finished: "end" | "abort" | null = null;
 
   constructor(private readonly cipher: CipherState) {}
@@ -112,9 +154,9 @@ export class Monopiped2Opener implements RecordOpener {
   }
 
   push(bytes: Buffer): OpenEvent[] {
-    if (this.finished) {
+    if (this.finished === "abort") {
       if (bytes.length === 0) return [];
-      throw new ProtocolError("after-end", `bytes received after the peer's ${this.finished} record`);
+      throw new ProtocolError("after-end", "bytes received after the peer's abort record");
     }
     this.queue.push(bytes);
     const events: OpenEvent[] = [];
@@ -125,6 +167,9 @@ export class Monopiped2Opener implements RecordOpener {
         this.pendingType = header[0];
         this.pendingLen = header.readUInt16BE(1);
         this.checkHeader();
+        if (this.finished === "end" && this.pendingType !== RecordType.ABORT) {
+          throw new ProtocolError("after-end", "a record other than ABORT after the peer's end record");
+        }
         if (this.pendingLen > 0) continue;
         events.push(...this.finishRecord([EMPTY]));
       } else {
@@ -143,14 +188,19 @@ export class Monopiped2Opener implements RecordOpener {
         this.bodyFed = 0;
         events.push(...this.finishRecord(parts));
       }
-      if (this.finished) {
+      if (this.aborted()) {
         if (this.queue.length > 0) {
-          throw new ProtocolError("after-end", `bytes received after the peer's ${this.finished} record`);
+          throw new ProtocolError("after-end", "bytes received after the peer's abort record");
         }
         break;
       }
     }
     return events;
+  }
+
+  /** Read through a call: push() narrows `finished` at its start, and finishRecord() changes it. */
+  private aborted(): boolean {
+    return this.finished === "abort";
   }
 
   private checkHeader(): void {
@@ -182,7 +232,7 @@ export class Monopiped2Opener implements RecordOpener {
 
 // ---------------------------------------------------------------------------------------------
 class Monopiped2Handshake implements Handshake {
-  private readonly noise: NoiseHandshake;
+  private noise: NoiseHandshake | null = null;
   private readonly queue = new ByteQueue();
   private state: "msg1" | "msg2" | "msg3" | "done";
   private sealer: Monopiped2Sealer | null = null;
@@ -192,18 +242,24 @@ class Monopiped2Handshake implements Handshake {
 
   constructor(
     private readonly role: Role,
-    psk: Buffer,
-    ephemeral?: KeyPair,
+    private readonly keys: readonly Monopiped2Key[],
+    private readonly ephemeral?: KeyPair,
   ) {
-    this.noise = new NoiseHandshake({
+    if (keys.length === 0) throw new Error("monopiped2: no key");
+    // A client speaks under its first key from the start; a server picks the key msg1 verifies under.
+    if (role === "client") this.noise = this.noiseFor(keys[0]);
+    this.state = role === "client" ? "msg2" : "msg1";
+  }
+
+  private noiseFor(key: Monopiped2Key): NoiseHandshake {
+    return new NoiseHandshake({
       pattern: "NNpsk0",
       hash: "BLAKE2b",
-      initiator: role === "client",
+      initiator: this.role === "client",
       prologue: PROLOGUE,
-      psk,
-      ephemeral,
+      prepared: key.prepared,
+      ephemeral: this.ephemeral,
     });
-    this.state = role === "client" ? "msg2" : "msg1";
   }
 
   get buffered(): number {
@@ -212,30 +268,37 @@ class Monopiped2Handshake implements Handshake {
 
   start(): Buffer[] {
     if (this.role === "server") return [];
-    return [this.noise.writeMessage(EMPTY)];
+    return [(this.noise as NoiseHandshake).writeMessage(EMPTY)];
   }
 
   receive(bytes: Buffer): Buffer[] {
     this.queue.push(bytes);
     const out: Buffer[] = [];
     if (this.state === "msg1" && this.queue.length >= HANDSHAKE_MESSAGE_LEN) {
-      this.noise.readMessage(this.queue.take(HANDSHAKE_MESSAGE_LEN));
-      out.push(this.noise.writeMessage(EMPTY));
-      this.keys();
+      const noise = this.readMsg1(this.queue.take(HANDSHAKE_MESSAGE_LEN));
+      this.noise = noise;
+      // Only now, with msg1 authenticated, is the server's ephemeral generated.
+      out.push(noise.writeMessage(EMPTY));
+      this.makeCiphers();
       this.state = "msg3";
     }
     if (this.state === "msg2" && this.queue.length >= HANDSHAKE_MESSAGE_LEN) {
-      this.noise.readMessage(this.queue.take(HANDSHAKE_MESSAGE_LEN));
-      this.keys();
+      (this.noise as NoiseHandshake).readMessage(this.queue.take(HANDSHAKE_MESSAGE_LEN));
+      this.makeCiphers();
       out.push((this.sealer as Monopiped2Sealer).empty());
       this.finish();
     }
     if (this.state === "msg3" && this.queue.length >= HEADER_LEN) {
-      const header = (this.receiveCipher as CipherState).decryptWithAd(
-        EMPTY,
-        this.queue.take(HEADER_LEN),
-        "bad-handshake",
-      );
+      let header: Buffer;
+      try {
+        header = (this.receiveCipher as CipherState).decryptWithAd(EMPTY, this.queue.take(HEADER_LEN));
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        throw new ProtocolError(
+          "key-confirmation",
+          "key confirmation (msg3) failed: a replayed or tampered handshake",
+        );
+      }
       if (header[0] !== RecordType.DATA || header.readUInt16BE(1) !== 0) {
         throw new ProtocolError("bad-handshake", "first client record is not the empty key confirmation");
       }
@@ -244,8 +307,25 @@ class Monopiped2Handshake implements Handshake {
     return out;
   }
 
-  private keys(): void {
-    const { send, receive } = this.noise.split();
+  /** msg1 under each key in turn (one tag check each); the handshake of the first that verifies. */
+  private readMsg1(msg1: Buffer): NoiseHandshake {
+    for (const key of this.keys) {
+      const noise = this.noiseFor(key);
+      try {
+        noise.readMessage(msg1);
+        return noise;
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+      }
+    }
+    throw new ProtocolError(
+      "bad-handshake",
+      "first message did not authenticate: wrong key or not a monopiped peer",
+    );
+  }
+
+  private makeCiphers(): void {
+    const { send, receive } = (this.noise as NoiseHandshake).split();
     this.sealer = new Monopiped2Sealer(send);
     this.opener = new Monopiped2Opener(receive);
     this.receiveCipher = receive;
@@ -266,6 +346,19 @@ class Monopiped2Handshake implements Handshake {
   }
 }
 
-export function monopiped2Handshake(role: Role, psk: Buffer, ephemeral?: KeyPair): Handshake {
-  return new Monopiped2Handshake(role, psk, ephemeral);
+/**
+ * The monopiped2 handshake. `keys`: a psk or prepared key, or several (a client uses the first, a
+ * server accepts any). `ephemeral` is for test vectors only; otherwise a fresh one is generated.
+ */
+export function monopiped2Handshake(
+  role: Role,
+  keys: Buffer | Monopiped2Key | readonly Monopiped2Key[],
+  ephemeral?: KeyPair,
+): Handshake {
+  const list = Buffer.isBuffer(keys)
+    ? [new Monopiped2Key(keys)]
+    : keys instanceof Monopiped2Key
+      ? [keys]
+      : keys;
+  return new Monopiped2Handshake(role, list, ephemeral);
 }

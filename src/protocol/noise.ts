@@ -74,6 +74,27 @@ export class CipherState {
   private n = 0;
   private readonly nonce = Buffer.alloc(12);
 
+  /** A copy at the same key and counter (the key buffer is shared: it is never written to). */
+  clone(): CipherState {
+    const copy = new CipherState();
+    copy.key = this.key;
+    copy.n = this.n;
+    return copy;
+  }
+
+  /**
+   * Whether `count` more messages may be sealed or opened: every nonce they need is below
+   * NONCE_LIMIT. A sealer asks before it produces any byte of a record.
+   */
+  hasNonces(count: number): boolean {
+    return this.n + count <= NONCE_LIMIT;
+  }
+
+  /** Moves the counter to `n` (tests only: reaching the limit for real takes 2^48 messages). */
+  setCounterForTest(n: number): void {
+    this.n = n;
+  }
+
   initializeKey(key: Buffer | null): void {
     this.key = key;
     this.n = 0;
@@ -185,6 +206,12 @@ class SymmetricState {
     this.h = name.length <= fn.hashLen ? Buffer.concat([name], fn.hashLen) : fn.hash(name);
     this.ck = this.h;
   }
+  /** An independent copy (h, ck and the cipher key; every mix replaces buffers, never writes into them). */
+  clone(): SymmetricState {
+    const copy = Object.create(SymmetricState.prototype) as SymmetricState;
+    Object.assign(copy, { fn: this.fn, ck: this.ck, h: this.h, cipher: this.cipher.clone() });
+    return copy;
+  }
   private truncKey(k: Buffer): Buffer {
     return k.subarray(0, 32);
   }
@@ -225,12 +252,34 @@ class SymmetricState {
 // ---------------------------------------------------------------------------------------------
 export type NoisePattern = "NN" | "NNpsk0";
 
+/**
+ * The SymmetricState of an NNpsk0 handshake after `MixHash(prologue); MixKeyAndHash(psk)`: it
+ * depends on the psk and the prologue only, so it is computed once per key and copied for each
+ * handshake. A server checks msg1's tag against it before it spends anything on its own ephemeral.
+ */
+export class PreparedPsk {
+  /** @internal */
+  readonly state: SymmetricState;
+  constructor(
+    readonly hash: NoiseHash,
+    readonly prologue: Buffer,
+    psk: Buffer,
+  ) {
+    if (psk.length !== 32) throw new Error("NNpsk0 needs a 32-byte psk");
+    this.state = new SymmetricState(new HashFn(hash), `Noise_NNpsk0_25519_ChaChaPoly_${hash}`);
+    this.state.mixHash(prologue);
+    this.state.mixKeyAndHash(psk);
+  }
+}
+
 export interface HandshakeOptions {
   pattern: NoisePattern;
   hash: NoiseHash;
   initiator: boolean;
   prologue: Buffer;
   psk?: Buffer;
+  /** NNpsk0 only, in place of `psk`, `hash` and `prologue` (which must match it): the precomputed start. */
+  prepared?: PreparedPsk;
   /** Fixed ephemeral key, for test vectors only; otherwise a fresh one is generated. */
   ephemeral?: KeyPair;
 }
@@ -250,18 +299,39 @@ export interface TransportKeys {
  */
 export class NoiseHandshake {
   private readonly ss: SymmetricState;
-  private readonly e: KeyPair;
+  private ephemeral: KeyPair | null;
   private re: Buffer | null = null;
   private step = 0;
   private readonly psk: boolean;
+  /** Whether the psk token's MixKeyAndHash(psk) is already in `ss` (a PreparedPsk). */
+  private pskMixed = false;
 
   constructor(private readonly opts: HandshakeOptions) {
-    const fn = new HashFn(opts.hash);
-    this.ss = new SymmetricState(fn, `Noise_${opts.pattern}_25519_ChaChaPoly_${opts.hash}`);
-    this.ss.mixHash(opts.prologue);
     this.psk = opts.pattern === "NNpsk0";
-    if (this.psk && opts.psk?.length !== 32) throw new Error("NNpsk0 needs a 32-byte psk");
-    this.e = opts.ephemeral ?? generateKeyPair();
+    if (opts.prepared) {
+      if (!this.psk || opts.prepared.hash !== opts.hash) throw new Error("prepared psk of another handshake");
+      this.ss = opts.prepared.state.clone();
+      this.pskMixed = true;
+    } else {
+      const fn = new HashFn(opts.hash);
+      this.ss = new SymmetricState(fn, `Noise_${opts.pattern}_25519_ChaChaPoly_${opts.hash}`);
+      this.ss.mixHash(opts.prologue);
+      if (this.psk && opts.psk?.length !== 32) throw new Error("NNpsk0 needs a 32-byte psk");
+    }
+    // Our ephemeral is generated when our first message is written, not before: a responder
+    // spends nothing on it for a first message that does not authenticate.
+    this.ephemeral = opts.ephemeral ?? null;
+  }
+
+  private get e(): KeyPair {
+    this.ephemeral ??= generateKeyPair();
+    return this.ephemeral;
+  }
+
+  private mixPsk(): void {
+    if (this.pskMixed) return;
+    this.ss.mixKeyAndHash(this.opts.psk as Buffer);
+    this.pskMixed = true;
   }
 
   get finished(): boolean {
@@ -293,7 +363,7 @@ export class NoiseHandshake {
     this.expectTurn(true);
     const parts: Buffer[] = [];
     if (this.step === 0) {
-      if (this.psk) this.ss.mixKeyAndHash(this.opts.psk as Buffer);
+      if (this.psk) this.mixPsk();
       parts.push(this.e.publicKey);
       this.mixEphemeral(this.e.publicKey);
     } else {
@@ -311,7 +381,7 @@ export class NoiseHandshake {
     const minLen = this.messageLength(this.step as 0 | 1, 0);
     if (message.length < minLen) throw new ProtocolError("bad-handshake", "handshake message too short");
     const re = Buffer.from(message.subarray(0, DHLEN));
-    if (this.step === 0 && this.psk) this.ss.mixKeyAndHash(this.opts.psk as Buffer);
+    if (this.step === 0 && this.psk) this.mixPsk();
     this.re = re;
     this.mixEphemeral(re);
     if (this.step === 1) this.ss.mixKey(dh(this.e, re));

@@ -379,13 +379,17 @@ class SpipedHandshake implements Handshake {
   private exponent: Buffer | null = null;
   private rest = Buffer.alloc(0);
   private done: Session | null = null;
+  /** The key in use: a client's first; a server's, the one the client's DH message verifies under. */
+  private secret: Buffer | null;
 
   constructor(
     private readonly role: Role,
-    private readonly secret: Buffer,
+    private readonly secrets: readonly Buffer[],
     private readonly opts: SpipedOptions,
   ) {
     if (opts.noPfs && opts.requirePfs) throw new Error("spiped: noPfs and requirePfs contradict each other");
+    if (secrets.length === 0) throw new Error("spiped: no key");
+    this.secret = role === "client" || secrets.length === 1 ? secrets[0] : null;
   }
 
   get session(): Session | null {
@@ -414,10 +418,12 @@ class SpipedHandshake implements Handshake {
     const out: Buffer[] = [];
     if (!this.peerNonce && this.queue.length >= NONCE_LEN) {
       this.peerNonce = Buffer.from(this.queue.take(NONCE_LEN));
-      const [nonceC, nonceS] = this.nonces();
-      this.macKeys = dhMacKeys(this.secret, nonceC, nonceS);
-      // The client sends its DH value once it has the server's nonce; the server waits for the client's.
-      if (this.role === "client") out.push(this.dhMessage());
+      // The client sends its DH value once it has the server's nonce; the server waits for the
+      // client's (and, holding several keys, derives its MAC keys only then, per key).
+      if (this.role === "client") {
+        this.macKeys = this.macKeysFor(this.secret as Buffer);
+        out.push(this.dhMessage());
+      }
     }
     if (this.peerNonce && this.queue.length >= DH_MESSAGE_LEN) {
       const peerY = this.checkPeer(this.queue.take(DH_MESSAGE_LEN));
@@ -443,6 +449,34 @@ class SpipedHandshake implements Handshake {
     return this.role === "client" ? [this.nonce, peer] : [peer, this.nonce];
   }
 
+  private macKeysFor(secret: Buffer): { client: Buffer; server: Buffer } {
+    const [nonceC, nonceS] = this.nonces();
+    return dhMacKeys(secret, nonceC, nonceS);
+  }
+
+  /**
+   * Whether the peer's DH message verifies: a client under its key, a server under each of its
+   * keys in turn (one PBKDF2-SHA256 of 64 bytes and one HMAC of 256 bytes per key); the key that
+   * verifies becomes the connection's.
+   */
+  private macVerifies(message: Buffer, y: Buffer): boolean {
+    const mac = message.subarray(Y_LEN, DH_MESSAGE_LEN);
+    const candidates = this.role === "client" ? [this.secret as Buffer] : this.secrets;
+    for (const secret of candidates) {
+      const keys =
+        this.role === "client"
+          ? (this.macKeys as { client: Buffer; server: Buffer })
+          : this.macKeysFor(secret);
+      const macKey = this.role === "client" ? keys.server : keys.client;
+      if (timingSafeEqual(hmac(macKey, y), mac)) {
+        this.secret = secret;
+        this.macKeys = keys;
+        return true;
+      }
+    }
+    return false;
+  }
+
   /** Our y ‖ HMAC(dhmac_own, y): y = 1 with -f, else 2^(2^258 + x) mod p as spiped does (§2). */
   private dhMessage(): Buffer {
     let y: Buffer;
@@ -465,9 +499,7 @@ class SpipedHandshake implements Handshake {
   /** Checks the peer's y ‖ h (§2): MAC first, in constant time, then the range, then -g. Returns y. */
   private checkPeer(message: Buffer): Buffer {
     const y = Buffer.from(message.subarray(0, Y_LEN));
-    const keys = this.macKeys as { client: Buffer; server: Buffer };
-    const macKey = this.role === "client" ? keys.server : keys.client;
-    if (!timingSafeEqual(hmac(macKey, y), message.subarray(Y_LEN, DH_MESSAGE_LEN))) {
+    if (!this.macVerifies(message, y)) {
       throw new ProtocolError(
         "bad-handshake",
         "spiped DH message did not authenticate (wrong key file, or not a spiped peer)",
@@ -504,7 +536,7 @@ class SpipedHandshake implements Handshake {
     this.exponent?.fill(0);
     this.exponent = null;
     const [nonceC, nonceS] = this.nonces();
-    const k = sessionKeys(this.secret, nonceC, nonceS, ySC);
+    const k = sessionKeys(this.secret as Buffer, nonceC, nonceS, ySC);
     if (ySC !== Y_ONE) ySC.fill(0);
     const toServer = () => new PacketKeys(k.encC, k.macC);
     const toClient = () => new PacketKeys(k.encS, k.macS);
@@ -512,9 +544,16 @@ class SpipedHandshake implements Handshake {
   }
 }
 
-/** The spiped handshake for one connection; `secret` is spipedKey(key file). */
-export function spipedHandshake(role: Role, secret: Buffer, opts: SpipedOptions = {}): Handshake {
-  return new SpipedHandshake(role, secret, opts);
+/**
+ * The spiped handshake for one connection; `secrets` is spipedKey(key file), or several of them (a
+ * client uses the first, a server accepts any).
+ */
+export function spipedHandshake(
+  role: Role,
+  secrets: Buffer | readonly Buffer[],
+  opts: SpipedOptions = {},
+): Handshake {
+  return new SpipedHandshake(role, Buffer.isBuffer(secrets) ? [secrets] : secrets, opts);
 }
 
 /** Building blocks exposed for the tests and the micro-benchmark; not part of the API. */

@@ -78,5 +78,8 @@ export function sharedSecret(privateKey: KeyObject, peerPublic: Buffer): Buffer 
     return null; // OpenSSL refuses an all-zero result (and a malformed key) itself
   }
   // Some X25519 implementations return the zeros instead; check in case the linked OpenSSL does.
-  return shared.some((b) => b !== 0) ? shared : null;
+  // OR of every byte, no early exit: the time taken does not depend on where a non-zero byte is.
+  let acc = 0;
+  for (let i = 0; i < shared.length; i++) acc |= shared[i];
+  return acc !== 0 ? shared : null;
 }

@@ -392,14 +392,14 @@ describe("monopiped2 handshake", () => {
     assert.equal(msg2.length, 48);
     assert.notDeepEqual(msg2, old.msg2, "a fresh server ephemeral");
     assert.equal(server.session, null);
-    protocolError(() => server.receive(Buffer.concat([old.msg3, ...oldRecords])), "bad-handshake");
+    protocolError(() => server.receive(Buffer.concat([old.msg3, ...oldRecords])), "key-confirmation");
     assert.equal(server.session, null);
 
     // msg3 alone, byte by byte: the error comes exactly with the 19th byte.
     const server2 = monopiped2Handshake("server", PSK);
     one(server2.receive(old.msg1), "server2.receive(replayed msg1)");
     for (let i = 0; i < 18; i++) assert.deepEqual(server2.receive(old.msg3.subarray(i, i + 1)), []);
-    protocolError(() => server2.receive(old.msg3.subarray(18)), "bad-handshake");
+    protocolError(() => server2.receive(old.msg3.subarray(18)), "key-confirmation");
     assert.equal(server2.session, null);
   });
 
@@ -428,7 +428,7 @@ describe("monopiped2 handshake", () => {
     }
   });
 
-  it("every single bit flip in msg1, msg2 or msg3 is refused with bad-handshake (exhaustive)", () => {
+  it("every single bit flip in msg1, msg2 (bad-handshake) or msg3 (key-confirmation) is refused (exhaustive)", () => {
     const ref = handshake({ fixed: true });
     for (let bit = 0; bit < 48 * 8; bit++) {
       const server = monopiped2Handshake("server", PSK, SERVER_E);
@@ -443,7 +443,7 @@ describe("monopiped2 handshake", () => {
     for (let bit = 0; bit < MSG3_LEN * 8; bit++) {
       const server = monopiped2Handshake("server", PSK, SERVER_E);
       assert.deepEqual(server.receive(ref.msg1), [ref.msg2]);
-      protocolError(() => server.receive(flipBit(ref.msg3, bit)), "bad-handshake");
+      protocolError(() => server.receive(flipBit(ref.msg3, bit)), "key-confirmation");
       assert.equal(server.session, null);
     }
   });
@@ -558,7 +558,11 @@ describe("monopiped2 records", () => {
       () => t.server.opener.push(Buffer.concat(t.client.sealer.seal(Buffer.from("late")))),
       "after-end",
     );
-    protocolError(() => t.server.opener.push(Buffer.of(0)), "after-end");
+    // Bytes after END may be the start of one ABORT: held until a whole header is in, then refused.
+    const t2 = handshake();
+    t2.server.opener.push(Buffer.concat(t2.client.sealer.end()));
+    assert.deepEqual(t2.server.opener.push(Buffer.of(0)), []);
+    protocolError(() => t2.server.opener.push(Buffer.alloc(HEADER_LEN - 1)), "bad-record");
   });
 
   it("bytes in the same chunk right after the end record are after-end", () => {
@@ -566,11 +570,11 @@ describe("monopiped2 records", () => {
     const s = t.client.sealer;
     const wire = Buffer.concat([...s.seal(Buffer.from("a")), ...s.end(), ...s.seal(Buffer.from("b"))]);
     protocolError(() => t.server.opener.push(wire), "after-end");
-    // Even a single trailing garbage byte.
+    // Garbage after END in the same chunk: refused once a whole header is in.
     const t2 = handshake();
     protocolError(
-      () => t2.server.opener.push(Buffer.concat([...t2.client.sealer.end(), Buffer.of(0)])),
-      "after-end",
+      () => t2.server.opener.push(Buffer.concat([...t2.client.sealer.end(), Buffer.alloc(HEADER_LEN)])),
+      "bad-record",
     );
   });
 
@@ -847,7 +851,7 @@ describe("monopiped2 tampering (properties)", () => {
     );
   });
 
-  it("garbage after a valid msg1 (in place of msg3) is bad-handshake, and never opens the server", () => {
+  it("garbage after a valid msg1 (in place of msg3) is key-confirmation, and never opens the server", () => {
     fc.assert(
       fc.property(garbage, (g) => {
         const bytes = Buffer.from(g);
@@ -856,7 +860,7 @@ describe("monopiped2 tampering (properties)", () => {
         server.receive(one(client.start(), "start"));
         const r = onlyProtocolError(() => server.receive(bytes));
         assert.equal(server.session, null);
-        if (bytes.length >= MSG3_LEN) assert.equal(r.error?.code, "bad-handshake");
+        if (bytes.length >= MSG3_LEN) assert.equal(r.error?.code, "key-confirmation");
         else assert.deepEqual(r.value, []);
       }),
       { numRuns: 60 },

@@ -6,6 +6,7 @@ import { unlinkSync, writeFileSync } from "node:fs";
 import { HELP, parse, parseRunArgs, RUN_OPTIONS, VERSION, withKeys } from "./cli.js";
 import { createLogger } from "./log.js";
 import { dropPrivileges } from "./privileges.js";
+import { takeListenFd } from "./transport/listenfds.js";
 import { Tunnel } from "./tunnel.js";
 
 export async function run(argv: string[]): Promise<number> {
@@ -22,6 +23,18 @@ export async function run(argv: string[]): Promise<number> {
   const log = createLogger(flags.logLevel, flags.logFormat);
   const cfg = withKeys(flags, log);
   if (!cfg) return 1;
+  // Socket activation (systemd): serve on the passed listening socket instead of binding -l.
+  try {
+    cfg.listenFd = takeListenFd();
+  } catch (err) {
+    process.stderr.write(`monopiped: socket activation: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (cfg.listenFd !== undefined)
+    log.info(
+      { fd: cfg.listenFd },
+      `socket activation: serving on descriptor ${cfg.listenFd}, not binding ${cfg.listen.text}`,
+    );
 
   const tunnel = new Tunnel(cfg, log);
   try {

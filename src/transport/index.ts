@@ -13,10 +13,14 @@ export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link)
   const at = cfg.listen;
   if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
   if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink);
-  const server = await listenSocket(at, (socket) => {
-    if (at.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
-    onLink(new SocketLink(socket));
-  });
+  const server = await listenSocket(
+    at,
+    (socket) => {
+      if (at.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
+      onLink(new SocketLink(socket));
+    },
+    cfg.listenFd,
+  );
   return { address: boundAddress(server, at), close: () => server.close() };
 }
 

@@ -157,16 +157,17 @@ export function connectErrorText(what: string, err: NodeJS.ErrnoException): stri
 export function listenSocket(
   addr: SocketAddress,
   onConnection: (socket: net.Socket) => void,
+  fd?: number,
 ): Promise<net.Server> {
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-  return bindServer(server, addr).then(() => server);
+  return bindServer(server, addr, fd).then(() => server);
 }
 
 /**
  * Bind any net.Server (a plain one, or the WebSocket listener's http.Server) to a TCP or Unix
  * address; the rejection names the address and the cause.
  */
-export function bindServer(server: net.Server, addr: SocketAddress): Promise<void> {
+export function bindServer(server: net.Server, addr: SocketAddress, fd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
       const why =
@@ -183,7 +184,8 @@ export function bindServer(server: net.Server, addr: SocketAddress): Promise<voi
       server.removeAllListeners("error");
       resolve();
     };
-    if (addr.kind === "unix") server.listen(addr.path, onListening);
+    if (fd !== undefined) server.listen({ fd }, onListening);
+    else if (addr.kind === "unix") server.listen(addr.path, onListening);
     else server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
   });
 }

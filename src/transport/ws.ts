@@ -177,7 +177,7 @@ export async function listenWebSocket(
     );
   });
 
-  await bindServer(server, at);
+  await bindServer(server, at, cfg.listenFd);
   server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
   return { address: boundAddress(server, at), close: () => server.close() };
 }

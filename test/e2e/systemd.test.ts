@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { chmodSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -38,7 +38,6 @@ describe("the example units in docs/systemd", () => {
     ]);
     // verify checks that ExecStart's program exists: point it at this checkout's command.
     const bin = join(ROOT, "bin", "monopiped.js");
-    chmodSync(bin, 0o755);
     for (const unit of units) {
       const text = readFileSync(join(UNITS, unit), "utf8");
       writeFileSync(join(dir, unit), text.replaceAll("/usr/local/bin/monopiped ", `${bin} `));

@@ -18,6 +18,7 @@ import { NO_OBSERVER } from "./observer.js";
 import { dropPrivileges } from "./privileges.js";
 import type { Keys } from "./protocol/index.js";
 import { openSyslog } from "./syslog.js";
+import { takeListenFd } from "./transport/listenfds.js";
 import { Tunnel } from "./tunnel.js";
 import { isWorkerProcess, joinPrimary, runPrimary, type WorkerChannel } from "./workers.js";
 
@@ -126,6 +127,19 @@ export async function run(argv: string[]): Promise<number> {
         keyError = msg;
       });
   if (!cfg) return fail(keyError);
+  // Socket activation (systemd): serve on the passed listening socket instead of binding -l.
+  if (!worker) {
+    try {
+      cfg.listenFd = takeListenFd();
+    } catch (err) {
+      return fail(`socket activation: ${(err as Error).message}`);
+    }
+    if (cfg.listenFd !== undefined)
+      log.info(
+        { fd: cfg.listenFd },
+        `socket activation: serving on descriptor ${cfg.listenFd}, not binding ${cfg.listen.text}`,
+      );
+  }
   setKeys = (keys) => {
     cfg.keys = keys;
   };

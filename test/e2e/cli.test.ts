@@ -374,10 +374,10 @@ describe("help and version", () => {
     assert.equal(cli("--version").out.trim(), `monopiped ${version}`);
     assert.equal(cli("-v").out.trim(), `monopiped ${version}`);
   });
-  it("the installed command (bin/monopiped, reached through a symlink as npm links it) runs with RUNTIME_FLAGS", () => {
-    const bin = join(CLI_PATH, "../../../bin/monopiped");
+  it("the installed command (bin/monopiped.js, reached through a symlink as npm links it) runs with RUNTIME_FLAGS", () => {
+    const bin = join(CLI_PATH, "../../../bin/monopiped.js");
     for (const flag of RUNTIME_FLAGS)
-      assert.ok(readFileSync(bin, "utf8").includes(flag), `bin/monopiped has ${flag}`);
+      assert.ok(readFileSync(bin, "utf8").includes(flag), `bin/monopiped.js has ${flag}`);
     const link = join(dir, "monopiped");
     symlinkSync(bin, link);
     const r = spawnSync(link, ["--version"], { encoding: "utf8", timeout: 20_000 });

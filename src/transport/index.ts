@@ -5,6 +5,7 @@
 import type { SocketAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
+import { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
 import { boundAddress, dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
 import { dialWebSocket, listenWebSocket } from "./ws.js";
@@ -12,7 +13,10 @@ import { dialWebSocket, listenWebSocket } from "./ws.js";
 export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
   const at = cfg.listen;
   if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
-  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink);
+  if (cfg.wsListen) {
+    const cap = (cfg as { maxPending?: number }).maxPending ?? 1024;
+    return listenWebSocket(cfg, at, log, onLink, new PendingSet(cap));
+  }
   const server = await listenSocket(at, (socket) => {
     if (at.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
     onLink(new SocketLink(socket));

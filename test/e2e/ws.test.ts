@@ -16,7 +16,7 @@ import WebSocket from "ws";
 import { echoTransfer } from "../../src/demo.js";
 import { CLI_PATH, type LogLine, type RunningEnd, startEnd } from "../../src/harness.js";
 import { writeKeyFile } from "../../src/keyfile.js";
-import { noProxyMatches, proxyFor } from "../../src/transport/ws.js";
+import { forwardedFor, noProxyMatches, proxyFor } from "../../src/transport/ws.js";
 import {
   type ConnectProxy,
   freePort,
@@ -749,6 +749,19 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       await assertEcho(good.port, MiB);
       await assertConcurrentEcho(good.port, 5, 256 * 1024);
     });
+  });
+
+  test("--trust-proxy reads the entry the proxy in front appended: the right-most", () => {
+    assert.equal(forwardedFor({ "x-forwarded-for": "203.0.113.66, 192.0.2.1" }), "192.0.2.1");
+    assert.equal(forwardedFor({ "x-forwarded-for": "192.0.2.1" }), "192.0.2.1");
+    assert.equal(forwardedFor({ "x-forwarded-for": "203.0.113.66,  192.0.2.1 , " }), "192.0.2.1");
+    assert.equal(
+      forwardedFor({ forwarded: 'for=203.0.113.66, for="[2001:db8::1]:4711";proto=https' }),
+      "[2001:db8::1]:4711",
+    );
+    assert.equal(forwardedFor({ forwarded: "for=203.0.113.66;by=x, proto=http;for=192.0.2.7" }), "192.0.2.7");
+    assert.equal(forwardedFor({ "x-forwarded-for": "<script>, 192.0.2.9" }), "192.0.2.9");
+    assert.equal(forwardedFor({}), undefined);
   });
 
   test("-d with a ws:// target is a usage error (exit 2)", async () => {

@@ -26,6 +26,8 @@ export const KEEPALIVE_DELAY_MS = 60_000;
 export const HALF_CLOSE_MS = 10_000;
 /** After our Close to a server that does not honour half-closes: silence for this long ends the link. */
 export const UNANSWERED_CLOSE_MS = 1000;
+/** After our Close to any other peer: silence for this long (it answers within HALF_CLOSE_MS) fails it. */
+const ANSWER_WAIT_MS = HALF_CLOSE_MS + 5000;
 const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
 
 const CLOSE_CODE_NAMES: Record<number, string> = {
@@ -94,6 +96,8 @@ export class WsLink extends EventEmitter implements Link {
   private pausedSincePing = false;
   /** The peer's Close arrived and its answer waits for our endWrite(). */
   private answerDeferred = false;
+  /** We sent our Close first and wait for the peer's (see awaitCloseAnswer). */
+  private awaitingAnswer = false;
 
   constructor(
     private readonly ws: WebSocket,
@@ -176,21 +180,29 @@ export class WsLink extends EventEmitter implements Link {
   }
 
   /**
-   * After our Close to a server that never answers one (the original Rust server): once it has sent
-   * nothing for a while (and we were reading), its direction is over too; the link ends cleanly.
+   * After our Close, while the peer's direction goes on: wait for its Close as long as it keeps
+   * sending (ws would give up 30 s after our Close, however busy the peer). `ms` of silence (while
+   * we read) end the wait: as the peer's clean end for a server that never answers a Close (the
+   * original Rust server, which cannot send after one either), as a failure for any other peer.
    */
-  private armUnansweredCloseTimer(): void {
+  private awaitCloseAnswer(ms: number, silenceIsEnd: boolean): void {
+    clearTimeout((this.ws as unknown as { _closeTimer?: NodeJS.Timeout })._closeTimer);
+    this.awaitingAnswer = true;
     clearTimeout(this.closeTimer);
     this.closeTimer = setTimeout(() => {
       if (this.closed) return;
       if (this.paused || this.queue.length > 0) {
         // Not reading: what it sent may still wait unread. Look again later.
-        this.armUnansweredCloseTimer();
+        this.closeTimer?.refresh();
         return;
       }
-      this.peerEnded(1005);
+      if (silenceIsEnd) this.peerEnded(1005);
+      else
+        this.failure ??= new Error(
+          `the peer sent nothing for ${ms / 1000} s after our WebSocket Close and did not answer it`,
+        );
       this.ws.terminate();
-    }, UNANSWERED_CLOSE_MS);
+    }, ms);
     this.closeTimer.unref();
   }
 
@@ -243,17 +255,17 @@ export class WsLink extends EventEmitter implements Link {
   endWrite(): void {
     this.localDone = true;
     if (this.answerDeferred) {
+      // Our direction is done too: answer the peer's Close (ws then closes the connection).
       this.answerDeferred = false;
       clearTimeout(this.closeTimer);
-    } else if (
-      this.opts.role === "client" &&
-      !this.opts.peerHalfCloses &&
-      !this.cleanClose &&
-      this.ws.readyState === WebSocket.OPEN
-    ) {
-      this.armUnansweredCloseTimer();
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+    } else if (this.ws.readyState === WebSocket.OPEN) {
+      this.ws.close(1000);
+      // Only the original Rust server is known to leave a Close unanswered: a client whose server
+      // did not say that it honours half-closes.
+      const silent = this.opts.role === "client" && !this.opts.peerHalfCloses;
+      if (!this.cleanClose) this.awaitCloseAnswer(silent ? UNANSWERED_CLOSE_MS : ANSWER_WAIT_MS, silent);
     }
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
     // Never from inside the call (as with a socket): the caller finishes its own bookkeeping first.
     if (this.endEmitted) process.nextTick(() => this.finish());
   }
@@ -277,7 +289,7 @@ export class WsLink extends EventEmitter implements Link {
       return;
     }
     this.heardSincePing = true;
-    if (this.closeTimer && !this.answerDeferred && !this.cleanClose) this.armUnansweredCloseTimer();
+    if (this.awaitingAnswer) this.closeTimer?.refresh();
     if (this.paused || this.queue.length > 0) this.queue.push(data);
     else this.emit("data", data);
   }

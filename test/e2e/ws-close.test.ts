@@ -154,7 +154,11 @@ describe("monopiped1 over WebSocket: the end of a connection", { concurrency: tr
     ws.send(peer.hello);
     const [code] = (await once(ws, "close")) as [number];
     const body = Buffer.concat(got);
-    assert.deepEqual(target.requests, [3200], "the target got the request and its end");
+    assert.deepEqual(
+      target.requests,
+      [3200],
+      `the target got the request and its end; server log: ${JSON.stringify(d.logs)}`,
+    );
     assert.equal(body.length, reply.length, "the whole reply arrived after the client's Close");
     assert.equal(sha(body), sha(reply));
     assert.equal(code, 1000, "the server answered the Close once the target had finished");
@@ -201,5 +205,46 @@ describe("monopiped1 over WebSocket: the end of a connection", { concurrency: tr
       assert.equal(line.msg, "connection closed", JSON.stringify(line));
       assert.deepEqual(warnings(e), []);
     }
+  });
+
+  test("after a client's Close, a server end whose target neither answers nor ends answers the Close after 10 s", async () => {
+    const hold = net.createServer((t) => {
+      cleanups.push(() => t.destroy());
+      t.on("error", () => {});
+    });
+    cleanups.push(() => hold.close());
+    await new Promise<void>((r) => hold.listen(0, "127.0.0.1", r));
+    const d = await startEnd([
+      "-d",
+      "-w",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${(hold.address() as net.AddressInfo).port}`,
+      "-k",
+      key,
+      "--protocol",
+      "monopiped1",
+    ]);
+    const ws = new WebSocket(`ws://127.0.0.1:${d.port}/`, { perMessageDeflate: false });
+    cleanups.push(() => ws.terminate());
+    const peer = v1Peer("client", monopiped1Keys(readFileSync(key)));
+    let closedAt = 0;
+    ws.on("message", (m: Buffer) => {
+      if (closedAt) return;
+      for (const f of peer.finish(m).seal(Buffer.from("request\n"))) ws.send(f);
+      ws.close();
+      closedAt = Date.now();
+    });
+    ws.on("error", () => {});
+    await once(ws, "open");
+    ws.send(peer.hello);
+    const [code] = (await once(ws, "close")) as [number];
+    const waited = Date.now() - closedAt;
+    assert.ok(closedAt > 0);
+    assert.equal(code, 1000);
+    assert.ok(waited >= 9000 && waited < 20_000, `answered after ${waited} ms (10 s expected)`);
+    const line = await d.waitForLog(isEnd);
+    assert.match(String(line.reason), /sent nothing for 10 s/);
   });
 });

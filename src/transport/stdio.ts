@@ -44,10 +44,22 @@ export class StdioLink extends EventEmitter implements Link {
     this.emit("close", err);
   }
 
+  private accepted = 0;
+
+  get queuedBytes(): number {
+    return this.output.writableLength;
+  }
+  get sentBytes(): number {
+    return this.accepted - this.output.writableLength;
+  }
+
   send(chunks: Buffer[]): boolean {
     if (this.outputEnded || this.closed) return false;
     let ok = true;
-    for (const c of chunks) ok = this.output.write(c);
+    for (const c of chunks) {
+      this.accepted += c.length;
+      ok = this.output.write(c);
+    }
     return ok;
   }
 

@@ -80,8 +80,7 @@ export async function listenWebSocket(
   pending: PendingSet,
 ): Promise<Listener> {
   const wantedPath = cfg.wsServer.path;
-  // Until Config has the field everywhere: the same default as --hello-timeout.
-  const helloTimeoutMs = (cfg as { helloTimeoutMs?: number }).helloTimeoutMs ?? 3000;
+  const helloTimeoutMs = cfg.helloTimeoutMs;
   const summary = new FailureSummary(log, "WebSocket connections refused before the upgrade");
   const peerOf = (req: http.IncomingMessage) =>
     (cfg.wsServer.trustProxy ? forwardedFor(req.headers) : undefined) ?? describePeer(req.socket);
@@ -280,7 +279,7 @@ export async function listenWebSocket(
     );
   });
 
-  await bindServer(server, at);
+  await bindServer(server, at, cfg.listenFd);
   server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
   return { address: boundAddress(server, at), close: () => server.close() };
 }

@@ -43,6 +43,8 @@ let echo: net.Server;
 let echoPort: number;
 /** The -d -w server every client reaches, directly or through Caddy / nginx / the CONNECT proxy. */
 let server: RunningEnd;
+/** A -d -w server with --ping-interval 0, behind nginx at /quiet. */
+let quietServer: RunningEnd;
 let caddy: Proc;
 let nginx: Proc;
 let caddyWs: number;
@@ -181,7 +183,25 @@ before(async () => {
   ]);
   [caddyWs, caddyWss, nginxPort] = [await freePort(), await freePort(), await freePort()];
   caddy = await startCaddy(dir, { WS_PORT: caddyWs, WSS_PORT: caddyWss, UPSTREAM_PORT: server.port });
-  nginx = await startNginx(dir, { PORT: nginxPort, UPSTREAM_PORT: server.port, READ_TIMEOUT: "5s" });
+  // A server end that never pings, for the keepalive test's control.
+  quietServer = await end([
+    "-d",
+    "-w",
+    "-l",
+    "127.0.0.1:0",
+    "-t",
+    `127.0.0.1:${echoPort}`,
+    "-k",
+    key,
+    "--ping-interval",
+    "0",
+  ]);
+  nginx = await startNginx(dir, {
+    PORT: nginxPort,
+    UPSTREAM_PORT: server.port,
+    QUIET_UPSTREAM_PORT: quietServer.port,
+    READ_TIMEOUT: "5s",
+  });
 });
 
 after(async () => {
@@ -197,10 +217,13 @@ after(async () => {
 // setting): the keepalive tests mostly wait (15 s) while the transfers keep the CPU busy.
 describe("WebSocket transport", { concurrency: 2 }, () => {
   describe("keepalive (its tests run at the same time)", { concurrency: true }, () => {
-    test("an idle connection through nginx (proxy_read_timeout 5s) stays up 15 s with --ping-interval 2", async () => {
+    test("an idle connection through nginx (proxy_read_timeout 5s) stays up 15 s with pings from either end", async () => {
       const pinging = await client(`ws://127.0.0.1:${nginxPort}/tunnel`, ["--ping-interval", "2"]);
-      // Control: without pings nginx cuts the same kind of connection, which shows the timeout is real.
-      const silent = await client(`ws://127.0.0.1:${nginxPort}/tunnel`, ["--ping-interval", "0"]);
+      // A client that does not ping, to a server that pings every client (--ping-interval 2).
+      const pinged = await client(`ws://127.0.0.1:${nginxPort}/tunnel`, ["--ping-interval", "0"]);
+      // Control: without pings from either end nginx cuts the same kind of connection, which shows
+      // the timeout is real.
+      const silent = await client(`ws://127.0.0.1:${nginxPort}/quiet`, ["--ping-interval", "0"]);
       const open = async (port: number) => {
         const s = net.connect({ host: "127.0.0.1", port });
         cleanups.push(() => s.destroy());
@@ -224,14 +247,19 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
         return { roundTrip, isClosed: () => closed, socket: s };
       };
       const a = await open(pinging.port);
+      const p = await open(pinged.port);
       const b = await open(silent.port);
       assert.equal(await a.roundTrip("before idle"), "before idle");
+      assert.equal(await p.roundTrip("before idle"), "before idle");
       assert.equal(await b.roundTrip("before idle"), "before idle");
       await sleep(15_000);
       assert.equal(b.isClosed(), true, "without pings nginx closed the idle connection");
-      assert.equal(a.isClosed(), false, "with pings the idle connection is still open");
+      assert.equal(a.isClosed(), false, "with the client's pings the idle connection is still open");
+      assert.equal(p.isClosed(), false, "with the server's pings the idle connection is still open");
       assert.equal(await a.roundTrip("after 15 s idle"), "after 15 s idle");
+      assert.equal(await p.roundTrip("after 15 s idle"), "after 15 s idle");
       a.socket.end();
+      p.socket.end();
       assert.match(nginx.output(), /upstream timed out/);
     });
 

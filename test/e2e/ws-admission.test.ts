@@ -8,6 +8,7 @@ import "../helpers/stop-all.js";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -225,5 +226,39 @@ describe("the -w listener under a crowd of strangers (default -n, --max-pending,
       `each exchange within 1 s: ${times.join(", ")} ms`,
     );
     assert.ok(open > 1024, `the crowd was there: ${open} connections open at the end`);
+  });
+
+  test("twenty refused strangers in a row: one warning, the rest summed up later, each in full at debug", async () => {
+    const d = await startEnd([
+      "-d",
+      "-w",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${echoPort}`,
+      "-k",
+      key,
+      "--path",
+      "/tunnel",
+      "--log-level",
+      "debug",
+    ]);
+    const get = (path: string) =>
+      new Promise<number>((resolve, reject) => {
+        http
+          .get({ host: "127.0.0.1", port: d.port, path, agent: false }, (res) => {
+            res.resume();
+            res.on("end", () => resolve(res.statusCode ?? 0));
+          })
+          .on("error", reject);
+      });
+    const warns = () => d.logs.filter((l) => l.level >= 40).length;
+    for (let i = 0; i < 10; i++) assert.equal(await get("/tunnel"), 426);
+    for (let i = 0; i < 10; i++) assert.equal(await get("/nothing-here"), 404);
+    await d.waitForLogs((l) => l.level === 20 && /^refused/.test(l.msg), 20);
+    assert.equal(warns(), 1, "one warning for twenty strangers");
+    const summary = await d.waitForLog((l) => /^19 more/.test(l.msg), 15_000);
+    assert.equal(summary.level, 40);
+    assert.match(summary.msg, /HTTP 426 9, HTTP 404 10/);
   });
 });

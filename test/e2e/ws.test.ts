@@ -314,8 +314,10 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       await until(() => received > 4 * MiB);
       assert.ok(received > 4 * MiB, "the echo flows before the relay stalls");
       relay.stall();
+      // Two intervals for a ping sent while data was queued ahead of it, one for a ping sent when
+      // the queue happened to be empty: either way, not never (as when a busy link went unchecked).
       const line = await c.waitForLog((l) => l.msg.startsWith("connection ended"), 20_000);
-      assert.match(String(line.reason), /no pong within 2 s/);
+      assert.match(String(line.reason), /no pong within [12] s/);
       s.destroy();
       relay.close();
     });

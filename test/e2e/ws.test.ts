@@ -276,7 +276,7 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       await once(s, "connect");
       s.write("hello");
       await until(() => received.length >= 5);
-      assert.equal(received, "hello");
+      assert.equal(received, "hello", `client log: ${JSON.stringify(c.logs)}`);
       await sleep(1500); // the client has pinged, so the server pings it too
       const serverConns = server.logs.filter((l) => l.msg === "connection opened").length;
       assert.ok(serverConns > 0);
@@ -302,22 +302,27 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
         closed = true;
       });
       await once(s, "connect");
-      // Keep the client's queue towards the relay full: write whenever the socket takes more (the
-      // echo is read and dropped, so the client is never paused by us).
+      // Keep data flowing at a modest rate (this process also runs the other tests' relays and
+      // echo): once the relay stalls, it piles up in the client's queue towards the relay. The
+      // echo is read and dropped, so the client is never paused by us.
       const chunk = Buffer.alloc(256 * 1024, 7);
       const started = Date.now();
-      const writeMore = () => {
-        while (!closed && Date.now() - started < 40_000 && s.write(chunk)) {}
-      };
-      s.on("drain", writeMore);
-      writeMore();
-      await until(() => received > 4 * MiB);
-      assert.ok(received > 4 * MiB, "the echo flows before the relay stalls");
+      const writer = setInterval(() => {
+        if (closed || Date.now() - started > 40_000) clearInterval(writer);
+        else if (s.writableLength < MiB) s.write(chunk);
+      }, 10);
+      cleanups.push(() => clearInterval(writer));
+      await until(() => received > MiB);
+      assert.ok(
+        received > MiB,
+        `the echo flows before the relay stalls; client log: ${JSON.stringify(c.logs)}`,
+      );
       relay.stall();
       // Two intervals for a ping sent while data was queued ahead of it, one for a ping sent when
       // the queue happened to be empty: either way, not never (as when a busy link went unchecked).
       const line = await c.waitForLog((l) => l.msg.startsWith("connection ended"), 20_000);
       assert.match(String(line.reason), /no pong within [12] s/);
+      clearInterval(writer);
       s.destroy();
       relay.close();
     });

@@ -264,7 +264,7 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
 
     test("a peer that stops answering is closed: no pong", async () => {
       const relay = await startRelay(server.port);
-      const c = await client(`ws://127.0.0.1:${relay.port}/tunnel`, ["--ping-interval", "1"]);
+      const c = await client(`ws://127.0.0.1:${relay.port}/tunnel`, ["--ping-interval", "2"]);
       const s = net.connect({ host: "127.0.0.1", port: c.port });
       cleanups.push(() => s.destroy());
       s.on("error", () => {});
@@ -277,19 +277,19 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       s.write("hello");
       await until(() => received.length >= 5);
       assert.equal(received, "hello", `client log: ${JSON.stringify(c.logs)}`);
-      await sleep(1500); // the client has pinged, so the server pings it too
+      await sleep(2500); // the client has pinged, so the server pings it too
       const serverConns = server.logs.filter((l) => l.msg === "connection opened").length;
       assert.ok(serverConns > 0);
       relay.freeze();
       const line = await c.waitForLog((l) => l.msg.startsWith("connection ended"), 20_000);
-      assert.match(String(line.reason), /no pong within 1 s/);
-      await server.waitForLog((l) => /no pong within 2 s/.test(String(l.reason)), 20_000);
+      assert.match(String(line.reason), /no pong within 2 s/);
+      await server.waitForLog((l) => /no pong within [24] s/.test(String(l.reason)), 20_000);
       relay.close();
     });
 
     test("a busy link is checked too: a relay that stops forwarding while data is queued is noticed within two intervals", async () => {
       const relay = await startRelay(server.port);
-      const c = await client(`ws://127.0.0.1:${relay.port}/tunnel`, ["--ping-interval", "1"]);
+      const c = await client(`ws://127.0.0.1:${relay.port}/tunnel`, ["--ping-interval", "2"]);
       const s = net.connect({ host: "127.0.0.1", port: c.port });
       cleanups.push(() => s.destroy());
       s.on("error", () => {});
@@ -321,7 +321,7 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       // Two intervals for a ping sent while data was queued ahead of it, one for a ping sent when
       // the queue happened to be empty: either way, not never (as when a busy link went unchecked).
       const line = await c.waitForLog((l) => l.msg.startsWith("connection ended"), 20_000);
-      assert.match(String(line.reason), /no pong within [12] s/);
+      assert.match(String(line.reason), /no pong within [24] s/);
       clearInterval(writer);
       s.destroy();
       relay.close();

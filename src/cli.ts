@@ -119,10 +119,12 @@ Operations options (docs/OPERATIONS.md):
 
 WebSocket options:
       --path /PATH           -d -w: serve only this path (others get 404)
-      --trust-proxy          -d -w: log the client address from X-Forwarded-For / Forwarded
-      --ping-interval SECS   -e: ping the WebSocket server every SECS (never with --protocol
-                             monopiped1); -d -w: ping clients that ping; a ping unanswered
-                             until the next one closes the link (default 30, 0 = off)
+      --trust-proxy          -d -w: log the client address from the last X-Forwarded-For
+                             entry (the proxy in front must append or set it; docs/WEBSOCKET.md)
+      --ping-interval SECS   ping the WebSocket peer every SECS: -e (never with --protocol
+                             monopiped1), -d -w (with monopiped1 or auto: clients that ping);
+                             a ping unanswered within the interval (two while data is queued)
+                             closes the link (default 30, 0 = off)
       --ca FILE              wss: trust this CA certificate (PEM) besides the system's
       --insecure             wss: do not verify the server certificate (testing only!)
       --sni NAME             wss: TLS server name to send

@@ -1,6 +1,14 @@
 /**
  * A WebSocket as a Link: one binary message per record, backpressure through the underlying
  * socket, a clean close (1000/1005) as the end of stream, and keepalive pings.
+ *
+ * Half-close: the peer's Close frame ends the peer's direction only. It is answered when this side
+ * ends its own direction (endWrite), so a client that closes after its request still gets the whole
+ * reply, as the original monopiped client expects (it sends an empty Close and keeps reading).
+ * If this side then sends nothing for HALF_CLOSE_MS, the Close is answered and the link fails.
+ * The other way round, a server that does not say it honours a half-close (the original Rust
+ * server, which never answers a Close) is taken to be done once it stays silent for
+ * UNANSWERED_CLOSE_MS after our Close, and the connection is closed then.
  */
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
@@ -14,6 +22,12 @@ const HIGH_WATER = 256 * 1024;
 /** After we close for a protocol violation, how long the peer gets to answer the close. */
 const VIOLATION_CLOSE_MS = 3000;
 export const KEEPALIVE_DELAY_MS = 60_000;
+/** After the peer's Close, how long this side may stay silent before the Close is answered anyway. */
+export const HALF_CLOSE_MS = 10_000;
+/** After our Close to a server that does not honour half-closes: silence for this long ends the link. */
+export const UNANSWERED_CLOSE_MS = 1000;
+/** After our Close to any other peer: silence for this long (it answers within HALF_CLOSE_MS) fails it. */
+const ANSWER_WAIT_MS = HALF_CLOSE_MS + 5000;
 const SEND_OPTIONS = { binary: true, compress: false, fin: true } as const;
 
 const CLOSE_CODE_NAMES: Record<number, string> = {
@@ -39,6 +53,17 @@ interface WsLinkOptions {
    * which proves it tolerates pings), "never" (a monopiped1 client: its Rust server would drop us).
    */
   pings: "always" | "after-peer" | "never";
+  role: "client" | "server";
+  /** Client: the server said it honours a half-close (our own -w server does, the Rust one does not). */
+  peerHalfCloses?: boolean;
+}
+
+/** The parts of a ws WebSocket (8.x) that the half-close needs; absent ones mean "answer at once". */
+interface WsInternals {
+  _receiver?: EventEmitter;
+  _closeFrameReceived?: boolean;
+  _closeCode?: number;
+  _closeMessage?: Buffer;
 }
 
 /** A WebSocket as a Link. Created paused; messages that arrive while paused wait in order. */
@@ -63,10 +88,16 @@ export class WsLink extends EventEmitter implements Link {
   private needDrain = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private violationTimer: NodeJS.Timeout | undefined;
-  private awaitingPong = false;
+  /** After the peer's Close (answer deferred), or after our Close to a non-half-closing server. */
+  private closeTimer: NodeJS.Timeout | undefined;
+  /** The ping not answered yet: when it was sent, and whether data of ours was queued ahead of it. */
+  private outstanding: { sentAt: number; behind: boolean } | undefined;
   private heardSincePing = false;
   private pausedSincePing = false;
-  private bufferedAtPing = false;
+  /** The peer's Close arrived and its answer waits for our endWrite(). */
+  private answerDeferred = false;
+  /** We sent our Close first and wait for the peer's (see awaitCloseAnswer). */
+  private awaitingAnswer = false;
 
   constructor(
     private readonly ws: WebSocket,
@@ -83,7 +114,6 @@ export class WsLink extends EventEmitter implements Link {
     });
     ws.on("pong", () => {
       this.heardSincePing = true;
-      this.awaitingPong = false;
     });
     ws.on("error", (err: Error & { code?: string }) => {
       this.failure ??= new Error(describeWsError(err));
@@ -98,7 +128,90 @@ export class WsLink extends EventEmitter implements Link {
         this.emit("drain");
       }
     });
+    this.deferCloseAnswers();
     if (opts.pings === "always") this.startPings();
+  }
+
+  /**
+   * ws answers a Close at once and refuses to send after it. Replace its handler so that a Close
+   * only ends the peer's direction; the answer follows our own endWrite(). Relies on ws 8.x
+   * internals; without them a Close is answered at once, as before.
+   */
+  private deferCloseAnswers(): void {
+    const w = this.ws as unknown as WsInternals;
+    const receiver = w._receiver;
+    const original = receiver?.listeners("conclude");
+    const socketOnData = this.socket.listeners("data").find((f) => f.name === "socketOnData");
+    if (!receiver || original?.length !== 1 || !socketOnData || typeof w._closeFrameReceived !== "boolean")
+      return;
+    const answerNow = original[0] as (this: EventEmitter, code: number, reason: Buffer) => void;
+    receiver.removeAllListeners("conclude");
+    const self = this;
+    receiver.on("conclude", function (this: EventEmitter, code: number, reason: Buffer) {
+      if (self.localDone || self.failure || self.closed || self.ws.readyState !== WebSocket.OPEN) {
+        answerNow.call(this, code, reason);
+        return;
+      }
+      // As ws does, except the answer: the Close is recorded, the rest of the input is discarded.
+      w._closeFrameReceived = true;
+      w._closeCode = code;
+      w._closeMessage = Buffer.from(reason);
+      self.socket.removeListener("data", socketOnData as (chunk: Buffer) => void);
+      process.nextTick(() => self.socket.resume());
+      self.answerDeferred = true;
+      self.stopTimers(); // no pings to a peer that has closed: it may not answer them
+      self.armHalfCloseTimer();
+      self.peerEnded(code);
+    });
+  }
+
+  private armHalfCloseTimer(): void {
+    clearTimeout(this.closeTimer);
+    this.closeTimer = setTimeout(() => {
+      this.failure ??= new Error(
+        `the peer closed the WebSocket (its end of stream) and this side sent nothing for ${HALF_CLOSE_MS / 1000} s since: closed`,
+      );
+      this.answerDeferred = false;
+      this.ws.close(1000);
+      this.violationTimer = setTimeout(() => this.ws.terminate(), VIOLATION_CLOSE_MS);
+      this.violationTimer.unref();
+    }, HALF_CLOSE_MS);
+    this.closeTimer.unref();
+  }
+
+  /**
+   * After our Close, while the peer's direction goes on: wait for its Close as long as it keeps
+   * sending (ws would give up 30 s after our Close, however busy the peer). `ms` of silence (while
+   * we read) end the wait: as the peer's clean end for a server that never answers a Close (the
+   * original Rust server, which cannot send after one either), as a failure for any other peer.
+   */
+  private awaitCloseAnswer(ms: number, silenceIsEnd: boolean): void {
+    clearTimeout((this.ws as unknown as { _closeTimer?: NodeJS.Timeout })._closeTimer);
+    this.awaitingAnswer = true;
+    clearTimeout(this.closeTimer);
+    this.closeTimer = setTimeout(() => {
+      if (this.closed) return;
+      if (this.paused || this.queue.length > 0) {
+        // Not reading: what it sent may still wait unread. Look again later.
+        this.closeTimer?.refresh();
+        return;
+      }
+      if (silenceIsEnd) this.peerEnded(1005);
+      else
+        this.failure ??= new Error(
+          `the peer sent nothing for ${ms / 1000} s after our WebSocket Close and did not answer it`,
+        );
+      this.ws.terminate();
+    }, ms);
+    this.closeTimer.unref();
+  }
+
+  /** The peer's direction ended cleanly: 'end' once everything before it is delivered. */
+  private peerEnded(code: number): void {
+    if (this.cleanClose) return;
+    this.cleanClose = true;
+    this.closeCode = code;
+    if (!this.paused && this.queue.length === 0) this.finishClean();
   }
 
   /** Payload bytes handed to the WebSocket so far; sentBytes never goes back. */
@@ -130,6 +243,7 @@ export class WsLink extends EventEmitter implements Link {
       this.ws.send(c, SEND_OPTIONS);
     }
     this.socket.uncork();
+    if (this.answerDeferred) this.closeTimer?.refresh();
     if (this.ws.bufferedAmount < HIGH_WATER) return true;
     this.needDrain = true;
     return false;
@@ -155,7 +269,18 @@ export class WsLink extends EventEmitter implements Link {
 
   endWrite(): void {
     this.localDone = true;
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+    if (this.answerDeferred) {
+      // Our direction is done too: answer the peer's Close (ws then closes the connection).
+      this.answerDeferred = false;
+      clearTimeout(this.closeTimer);
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
+    } else if (this.ws.readyState === WebSocket.OPEN) {
+      this.ws.close(1000);
+      // Only the original Rust server is known to leave a Close unanswered: a client whose server
+      // did not say that it honours half-closes.
+      const silent = this.opts.role === "client" && !this.opts.peerHalfCloses;
+      if (!this.cleanClose) this.awaitCloseAnswer(silent ? UNANSWERED_CLOSE_MS : ANSWER_WAIT_MS, silent);
+    }
     // Never from inside the call (as with a socket): the caller finishes its own bookkeeping first.
     if (this.endEmitted) process.nextTick(() => this.finish());
   }
@@ -179,6 +304,7 @@ export class WsLink extends EventEmitter implements Link {
       return;
     }
     this.heardSincePing = true;
+    if (this.awaitingAnswer) this.closeTimer?.refresh();
     if (this.paused || this.queue.length > 0) this.queue.push(data);
     else this.emit("data", data);
   }
@@ -204,14 +330,21 @@ export class WsLink extends EventEmitter implements Link {
 
   private onClose(code: number, reason: string): void {
     this.stopTimers();
+    clearTimeout(this.closeTimer);
+    if (this.closed) return;
     if (this.failure) {
       this.finish(this.failure);
       return;
     }
-    if (code === 1000 || code === 1005) {
+    // A server that never answers a Close may as well drop the connection after ours: its
+    // direction is over then (its protocol's end of stream is the Close, which it did not send).
+    const unanswered =
+      code === 1006 && this.localDone && this.opts.role === "client" && !this.opts.peerHalfCloses;
+    if (code === 1000 || code === 1005 || unanswered || this.cleanClose) {
       this.cleanClose = true;
-      this.closeCode = code;
+      this.closeCode ||= code;
       if (!this.paused && this.queue.length === 0) this.finishClean();
+      else if (this.localDone && this.endEmitted) this.finish();
       return;
     }
     const name = CLOSE_CODE_NAMES[code];
@@ -234,13 +367,15 @@ export class WsLink extends EventEmitter implements Link {
     this.closed = true;
     this.queue.length = 0;
     this.stopTimers();
+    clearTimeout(this.closeTimer);
+    clearTimeout(this.violationTimer);
     this.emit("close", err);
   }
 
   private stopTimers(): void {
     clearInterval(this.pingTimer);
-    clearTimeout(this.violationTimer);
     this.pingTimer = undefined;
+    this.outstanding = undefined;
   }
 
   private startPings(): void {
@@ -250,25 +385,37 @@ export class WsLink extends EventEmitter implements Link {
   }
 
   /**
-   * Every interval: the previous ping must have been answered, unless something else arrived
-   * meanwhile, or we could not expect an answer (we were paused, so we did not read; or our own
-   * queue was not empty, so the ping may still be waiting behind data the peer is slow to take).
+   * Every interval, a ping, and the previous one must have been answered (or anything else heard
+   * from the peer meanwhile). A ping sent while data of ours was queued waits behind that data in
+   * the socket, so it gets two intervals instead of one, never more: a peer or relay that stops
+   * forwarding is noticed busy or idle. Only while we are paused (a slow application: we are not
+   * reading, so an answer may wait unread) is the wait counted afresh; what is queued towards that
+   * application is the stall timeout's business.
    */
   private pingTick(): void {
     if (this.ws.readyState !== WebSocket.OPEN) return;
-    const silent =
-      !this.heardSincePing && !this.pausedSincePing && !this.bufferedAtPing && this.ws.bufferedAmount === 0;
-    if (this.awaitingPong && silent) {
-      this.failure ??= new Error(
-        `no pong within ${this.opts.pingIntervalMs / 1000} s: the peer or a proxy on the way is gone`,
-      );
-      this.ws.terminate();
+    const now = Date.now();
+    const interval = this.opts.pingIntervalMs;
+    const last = this.outstanding;
+    if (last && !this.heardSincePing) {
+      if (this.paused || this.pausedSincePing) {
+        last.sentAt = now;
+        this.pausedSincePing = this.paused;
+        return;
+      }
+      const allowed = last.behind ? 2 * interval : interval;
+      // Half an interval of slack for timers that fire late on a loaded machine.
+      if (now - last.sentAt >= allowed - interval / 2) {
+        this.failure ??= new Error(
+          `no pong within ${allowed / 1000} s: the peer or a proxy on the way is gone`,
+        );
+        this.ws.terminate();
+      }
       return;
     }
     this.heardSincePing = false;
     this.pausedSincePing = this.paused;
-    this.bufferedAtPing = this.ws.bufferedAmount > 0;
-    this.awaitingPong = true;
+    this.outstanding = { sentAt: now, behind: this.ws.bufferedAmount > 0 };
     this.ws.ping();
   }
 }

@@ -7,7 +7,8 @@ import WebSocket, { type ClientOptions, WebSocketServer } from "ws";
 import type { SocketAddress, WsAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
-import type { PendingSet } from "../pending.js";
+import type { PendingEntry, PendingSet } from "../pending.js";
+import { FailureSummary } from "../summary.js";
 import type { Link, Listener } from "./link.js";
 import { connectThroughProxy, proxyFor, proxyName, stripBrackets, type TlsTrust } from "./proxy.js";
 import { bindServer, boundAddress, connectErrorText, describePeer } from "./tcp.js";
@@ -26,12 +27,28 @@ function pathOf(url: string | undefined): string {
   return q >= 0 ? u.slice(0, q) : u;
 }
 
-/** The client as a proxy in front reports it: first X-Forwarded-For entry, else Forwarded for=. */
+/**
+ * The client as the proxy in front reports it: the LAST X-Forwarded-For entry (the one our proxy
+ * appended; entries to its left came with the request and the client may have written them), else
+ * the for= of the last Forwarded element. Only meaningful when that proxy appends or overwrites the
+ * header: see --trust-proxy in docs/WEBSOCKET.md.
+ */
 export function forwardedFor(headers: http.IncomingHttpHeaders): string | undefined {
   const xff = headers["x-forwarded-for"];
-  let v: string | undefined = (Array.isArray(xff) ? xff[0] : xff)?.split(",")[0];
-  if (!v?.trim() && typeof headers.forwarded === "string") {
-    const m = /(?:^|[;,\s])for=("?)([^";,]+)\1/i.exec(headers.forwarded);
+  const xffText = Array.isArray(xff) ? xff.join(",") : xff;
+  let v: string | undefined = xffText
+    ?.split(",")
+    .map((e) => e.trim())
+    .filter((e) => e !== "")
+    .pop();
+  const fwd = headers.forwarded;
+  if (!v && typeof fwd === "string") {
+    const last = fwd
+      .split(",")
+      .map((e) => e.trim())
+      .filter((e) => e !== "")
+      .pop();
+    const m = last ? /(?:^|[;\s])for=("?)([^";,]+)\1/i.exec(last) : null;
     v = m?.[2];
   }
   const clean = v
@@ -41,6 +58,20 @@ export function forwardedFor(headers: http.IncomingHttpHeaders): string | undefi
   return clean ? clean : undefined;
 }
 
+/** The answer to GET /healthz: for the health checks of nginx, Caddy, HAProxy, ... (never logged). */
+export const HEALTH_PATH = "/healthz";
+const HEALTH_BODY = "ok\n";
+/** The 101 answer of our -w server carries this header: it honours a client's half-close (see WsLink). */
+export const HALF_CLOSE_HEADER = "X-Monopiped-Half-Close";
+
+/** One accepted connection of the -w listener until its upgrade is done (or it is gone). */
+interface Unupgraded {
+  entry: PendingEntry;
+  timer: NodeJS.Timeout;
+  /** Counted in the PendingSet (false once upgraded, evicted or closed). */
+  counted: boolean;
+}
+
 export async function listenWebSocket(
   cfg: Config,
   at: SocketAddress,
@@ -48,14 +79,17 @@ export async function listenWebSocket(
   onLink: (link: Link) => void,
   pending: PendingSet,
 ): Promise<Listener> {
-  void pending; // connections not yet upgraded will count here
   const wantedPath = cfg.wsServer.path;
+  const helloTimeoutMs = cfg.helloTimeoutMs;
+  const summary = new FailureSummary(log, "WebSocket connections refused before the upgrade");
   const peerOf = (req: http.IncomingMessage) =>
     (cfg.wsServer.trustProxy ? forwardedFor(req.headers) : undefined) ?? describePeer(req.socket);
-  const refusal = (peer: string, status: number, why: string, req?: http.IncomingMessage) =>
-    log.warn(
-      { peer, status, path: req ? pathOf(req.url) : undefined, reason: why },
+  /** A stranger's failure: counted (first one logged, the rest summed up), detail at debug. */
+  const refusal = (peer: string, status: number, why: string, req?: http.IncomingMessage, kind?: string) =>
+    summary.note(
+      kind ?? `HTTP ${status}`,
       `refused ${req ? `${req.method} ${pathOf(req.url).slice(0, 200)} ` : ""}from ${peer}: ${why} (HTTP ${status})`,
+      { peer, status, path: req ? pathOf(req.url) : undefined, reason: why },
     );
   /** Answer an upgrade request with a plain HTTP error and close. */
   const refuseUpgrade = (
@@ -73,13 +107,25 @@ export async function listenWebSocket(
       "Content-Length": Buffer.byteLength(body),
       ...extra,
     };
-    if (!socket.writable) return void socket.destroy();
-    socket.once("finish", () => socket.destroy());
-    socket.end(
+    closeAfter(
+      socket,
       `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${Object.entries(headers)
         .map(([k, v]) => `${k}: ${v}`)
         .join("\r\n")}\r\n\r\n${body}`,
     );
+  };
+
+  // Every accepted socket is pending until its upgrade: counted in the tunnel's cap of connections
+  // that have not authenticated (the oldest is evicted when it is full), and given --hello-timeout
+  // to send its request headers. Node's own HTTP timeouts (60 s for headers) are far too lax.
+  const unupgraded = new WeakMap<Duplex, Unupgraded>();
+  const release = (socket: Duplex) => {
+    const u = unupgraded.get(socket);
+    if (!u) return;
+    clearTimeout(u.timer);
+    if (u.counted) pending.delete(u.entry);
+    u.counted = false;
+    unupgraded.delete(socket);
   };
 
   const wss = new WebSocketServer({
@@ -88,10 +134,12 @@ export async function listenWebSocket(
     maxPayload: MAX_PAYLOAD,
     clientTracking: false,
   });
-  // Anything the checks below let through and ws still rejects: same refusal, same single log line.
+  // Anything the checks below let through and ws still rejects: the same refusal.
   wss.on("wsClientError", (err: Error, socket: Duplex, req: http.IncomingMessage) =>
     refuseUpgrade(socket, req, 400, err.message),
   );
+  // Tell our clients that this server honours a half-close (WsLink: a Close is the end of one direction).
+  wss.on("headers", (headers: string[]) => headers.push(`${HALF_CLOSE_HEADER}: 1`));
 
   const server = http.createServer({
     noDelay: true,
@@ -99,10 +147,51 @@ export async function listenWebSocket(
     keepAliveInitialDelay: KEEPALIVE_DELAY_MS,
   });
 
+  server.on("connection", (socket: net.Socket) => {
+    const peer = describePeer(socket);
+    const u: Unupgraded = {
+      counted: true,
+      entry: {
+        evict: () => {
+          u.counted = false;
+          summary.note(
+            "evicted",
+            `connection from ${peer} dropped before its WebSocket upgrade: too many connections have not authenticated (--max-pending ${pending.cap})`,
+            { peer, reason: "evicted" },
+          );
+          socket.destroy();
+        },
+      },
+      timer: setTimeout(() => {
+        summary.note(
+          "timeout",
+          `connection from ${peer} closed: no complete WebSocket upgrade request within ${helloTimeoutMs / 1000} s (--hello-timeout)`,
+          { peer, reason: "hello timeout" },
+        );
+        release(socket);
+        socket.destroy();
+      }, helloTimeoutMs),
+    };
+    u.timer.unref();
+    unupgraded.set(socket, u);
+    socket.once("close", () => release(socket));
+    pending.add(u.entry);
+  });
+
   server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
     const path = pathOf(req.url);
-    const peer = peerOf(req);
     res.shouldKeepAlive = false;
+    if (path === HEALTH_PATH && (req.method === "GET" || req.method === "HEAD")) {
+      res.writeHead(200, {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Length": HEALTH_BODY.length,
+        "Cache-Control": "no-store",
+        Connection: "close",
+      });
+      res.end(req.method === "HEAD" ? undefined : HEALTH_BODY);
+      return;
+    }
+    const peer = peerOf(req);
     if (wantedPath !== undefined && path !== wantedPath) {
       refusal(peer, 404, `no WebSocket endpoint at ${path.slice(0, 200)}`, req);
       res.writeHead(404, {
@@ -157,10 +246,20 @@ export async function listenWebSocket(
         },
       );
     }
+    // Evicted or timed out while the request was parsed: nothing more to do.
+    if (socket.destroyed) return;
     wss.handleUpgrade(req, socket, head, (ws) => {
       const peer = peerOf(req);
+      // Upgraded: the tunnel counts it again, for its handshake.
+      release(socket);
       log.debug({ peer, path }, "WebSocket upgrade accepted");
-      onLink(new WsLink(ws, socket, peer, { pingIntervalMs: cfg.pingIntervalMs, pings: "after-peer" }));
+      onLink(
+        new WsLink(ws, socket, peer, {
+          pingIntervalMs: cfg.pingIntervalMs,
+          pings: serverPings(cfg),
+          role: "server",
+        }),
+      );
     });
   });
 
@@ -174,8 +273,8 @@ export async function listenWebSocket(
     const status =
       err.code === "HPE_HEADER_OVERFLOW" ? 431 : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
     refusal(peer, status, `malformed HTTP request (${err.code ?? err.message})`);
-    socket.once("finish", () => socket.destroy());
-    socket.end(
+    closeAfter(
+      socket,
       `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`,
     );
   });
@@ -183,6 +282,23 @@ export async function listenWebSocket(
   await bindServer(server, at, cfg.listenFd);
   server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
   return { address: boundAddress(server, at), close: () => server.close() };
+}
+
+/**
+ * Whether the -w server pings its clients: always, unless it may be serving an original Rust
+ * monopiped client (monopiped1, or auto), which treats a ping as fatal: those get pings only once
+ * they have pinged (which proves they tolerate them).
+ */
+export function serverPings(cfg: Config): "always" | "after-peer" {
+  return cfg.protocol === "monopiped1" || cfg.protocol === "auto" ? "after-peer" : "always";
+}
+
+/** Write a last answer and close; a peer that does not take it within a second is cut. */
+function closeAfter(socket: Duplex, answer: string): void {
+  if (!socket.writable) return void socket.destroy();
+  socket.once("finish", () => socket.destroy());
+  socket.end(answer);
+  setTimeout(() => socket.destroy(), 1000).unref();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,6 +513,11 @@ export function dialWebSocket(addr: WsAddress, cfg: Config): Promise<Link> {
         fail(describeAnswer(addr.text, res, via));
         req.destroy();
       });
+      // Our own -w server says it honours a half-close; any other (the original Rust one) does not.
+      let peerHalfCloses = false;
+      w.once("upgrade", (res: http.IncomingMessage) => {
+        peerHalfCloses = res.headers[HALF_CLOSE_HEADER.toLowerCase()] === "1";
+      });
       w.once("open", () => {
         if (settled || !socket) {
           w.terminate();
@@ -411,6 +532,8 @@ export function dialWebSocket(addr: WsAddress, cfg: Config): Promise<Link> {
             pingIntervalMs: cfg.pingIntervalMs,
             // The original Rust monopiped treats a ping as fatal: never ping a monopiped1 server.
             pings: cfg.protocol === "monopiped1" ? "never" : "always",
+            role: "client",
+            peerHalfCloses,
           }),
         );
       });

@@ -172,7 +172,7 @@ export async function startCaddy(
 /** nginx from test/e2e/ws/nginx.conf, prefix, pid and logs in `dir`, in the foreground. */
 export async function startNginx(
   dir: string,
-  vars: { PORT: number; UPSTREAM_PORT: number; READ_TIMEOUT: string },
+  vars: { PORT: number; UPSTREAM_PORT: number; QUIET_UPSTREAM_PORT: number; READ_TIMEOUT: string },
 ): Promise<Proc> {
   mkdirSync(join(dir, "nginx-tmp"), { recursive: true });
   const conf = join(dir, "nginx.conf");

@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 
 export const CLI_PATH = fileURLToPath(new URL("./main.js", import.meta.url));
 /**
- * The Node flags the `monopiped` command (bin/monopiped) runs with, for the ends that tests, the demo
+ * The Node flags the `monopiped` command (bin/monopiped.js) runs with, for the ends that tests, the demo
  * and the benchmark start with `node CLI_PATH`. Both trade nothing measurable in speed for memory
  * (docs/BENCHMARKS.md, item 6): --max-semi-space-size=1 caps V8's young generation at 1 MiB per
  * semi-space (without it V8 grows it to 16-32 MiB while connections are set up, memory an idle

@@ -33,7 +33,21 @@ export async function pipe(argv: string[]): Promise<number> {
   const cfg = withKeys(flags, log);
   if (!cfg) return 1;
   for (const warning of wsClientWarnings(cfg)) log.warn(warning);
-  const stdio = new StdioLink();
+  // A closed stderr (the terminal gone) must not turn a clean end into a crash.
+  process.stderr.on("error", () => {});
+  const stdio = new StdioLink(process.stdin, process.stdout, { closingMs: cfg.timeoutMs });
+  // The application went away: ssh sends SIGHUP to its ProxyCommand when it exits (having closed
+  // the pipes first); a supervisor sends SIGTERM. End the connection as the session ended (see
+  // StdioLink.hangUp); a second signal stops at once.
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled || !stdio.hangUp(signal)) {
+      log.warn(`${signal}${signalled ? " again" : " before the connection was made"}: stopping`);
+      process.exit(1);
+    }
+    signalled = true;
+  };
+  for (const signal of ["SIGHUP", "SIGTERM", "SIGINT"] as const) process.on(signal, onSignal);
   const clean = await new Tunnel(cfg, log).serveOne(stdio);
   await stdio.flushed();
   return clean ? 0 : 1;

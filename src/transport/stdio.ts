@@ -12,9 +12,10 @@
  * session is over and then sends SIGHUP to its ProxyCommand, so the end of stdin is already waiting
  * to be read: the data stream is complete. So stdout stops being written (what the server still
  * sends is read and dropped) and:
- *   - stdin has ended (or ends within INPUT_END_MS): our end of stream is sent as usual, and the
- *     link waits (up to `closingMs`) for the server's end of stream, so that both sides see a clean
- *     close and nothing unread makes our kernel reset the connection;
+ *   - stdin has ended, or ends while it still delivers (no silence of INPUT_END_MS, and within
+ *     `closingMs`): our end of stream is sent as usual, and the link waits (up to `closingMs`) for
+ *     the server's end of stream, so that both sides see a clean close and nothing unread makes
+ *     our kernel reset the connection;
  *   - stdin does not end: the application left in the middle, and 'close' reports it (the tunnel
  *     aborts the connection).
  */
@@ -22,7 +23,7 @@ import { EventEmitter } from "node:events";
 import type { Readable, Writable } from "node:stream";
 import type { Link } from "./link.js";
 
-/** After a hang-up, how long stdin gets to deliver an end of stream that is already on its way. */
+/** After a hang-up, how long stdin may be silent before its end of stream (already on its way). */
 export const INPUT_END_MS = 1000;
 
 export interface StdioOptions {
@@ -41,6 +42,8 @@ export class StdioLink extends EventEmitter implements Link {
   /** Why the application went away; once set, stdout is no longer written. */
   private hungUp: string | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** After a hang-up, stdin's end must come before this time (ms since the epoch). */
+  private inputDeadline = 0;
   private readonly closingMs: number;
 
   constructor(
@@ -51,7 +54,12 @@ export class StdioLink extends EventEmitter implements Link {
     super();
     this.closingMs = opts.closingMs ?? 5000;
     input.pause();
-    input.on("data", (chunk: Buffer) => this.emit("data", chunk));
+    input.on("data", (chunk: Buffer) => {
+      // After a hang-up, bytes still coming mean the end may still come (but not for ever).
+      if (this.hungUp !== null && this.timer && Date.now() < this.inputDeadline)
+        this.arm(INPUT_END_MS, `${this.hungUp} before the end of standard input`);
+      this.emit("data", chunk);
+    });
     input.on("end", () => {
       this.inputEnded = true;
       this.emit("end");
@@ -87,6 +95,7 @@ export class StdioLink extends EventEmitter implements Link {
       this.awaitPeerEnd();
       return true;
     }
+    this.inputDeadline = Date.now() + this.closingMs;
     this.arm(INPUT_END_MS, `${why} before the end of standard input`);
     return true;
   }

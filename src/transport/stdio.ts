@@ -122,12 +122,24 @@ export class StdioLink extends EventEmitter implements Link {
     this.emit("close", err);
   }
 
+  private accepted = 0;
+
+  get queuedBytes(): number {
+    return this.output.writableLength;
+  }
+  get sentBytes(): number {
+    return this.accepted - this.output.writableLength;
+  }
+
   send(chunks: Buffer[]): boolean {
     // After a hang-up what the server sends is dropped: read on so its end of stream gets through.
     if (this.hungUp !== null) return !this.closed;
     if (this.outputEnded || this.closed) return false;
     let ok = true;
-    for (const c of chunks) ok = this.output.write(c);
+    for (const c of chunks) {
+      this.accepted += c.length;
+      ok = this.output.write(c);
+    }
     return ok;
   }
 

@@ -101,6 +101,18 @@ export class WsLink extends EventEmitter implements Link {
     if (opts.pings === "always") this.startPings();
   }
 
+  /** Payload bytes handed to the WebSocket so far; sentBytes never goes back. */
+  private accepted = 0;
+  private sentHigh = 0;
+
+  get queuedBytes(): number {
+    return this.ws.bufferedAmount;
+  }
+  get sentBytes(): number {
+    this.sentHigh = Math.max(this.sentHigh, this.accepted - this.ws.bufferedAmount);
+    return this.sentHigh;
+  }
+
   send(chunks: Buffer[]): boolean {
     if (this.ws.readyState !== WebSocket.OPEN) {
       if (this.endEmitted && !this.closed && chunks.some((c) => c.length > 0)) {
@@ -113,7 +125,10 @@ export class WsLink extends EventEmitter implements Link {
     }
     // One vectored write for all the messages of a batch, not one per message.
     this.socket.cork();
-    for (const c of chunks) this.ws.send(c, SEND_OPTIONS);
+    for (const c of chunks) {
+      this.accepted += c.length;
+      this.ws.send(c, SEND_OPTIONS);
+    }
     this.socket.uncork();
     if (this.ws.bufferedAmount < HIGH_WATER) return true;
     this.needDrain = true;

@@ -7,6 +7,7 @@ import WebSocket, { type ClientOptions, WebSocketServer } from "ws";
 import type { SocketAddress, WsAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
+import type { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
 import { connectThroughProxy, proxyFor, proxyName, stripBrackets, type TlsTrust } from "./proxy.js";
 import { bindServer, boundAddress, connectErrorText, describePeer } from "./tcp.js";
@@ -45,7 +46,9 @@ export async function listenWebSocket(
   at: SocketAddress,
   log: Logger,
   onLink: (link: Link) => void,
+  pending: PendingSet,
 ): Promise<Listener> {
+  void pending; // connections not yet upgraded will count here
   const wantedPath = cfg.wsServer.path;
   const peerOf = (req: http.IncomingMessage) =>
     (cfg.wsServer.trustProxy ? forwardedFor(req.headers) : undefined) ?? describePeer(req.socket);
@@ -177,7 +180,7 @@ export async function listenWebSocket(
     );
   });
 
-  await bindServer(server, at);
+  await bindServer(server, at, cfg.listenFd);
   server.on("error", (err) => log.error({ reason: err.message }, `WebSocket listener error: ${err.message}`));
   return { address: boundAddress(server, at), close: () => server.close() };
 }

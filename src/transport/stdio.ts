@@ -125,10 +125,11 @@ export class StdioLink extends EventEmitter implements Link {
   private accepted = 0;
 
   get queuedBytes(): number {
-    return this.output.writableLength;
+    // After a hang-up nothing waits on stdout any more (what it still held is given up).
+    return this.hungUp !== null ? 0 : this.output.writableLength;
   }
   get sentBytes(): number {
-    return this.accepted - this.output.writableLength;
+    return this.accepted - this.queuedBytes;
   }
 
   send(chunks: Buffer[]): boolean {

@@ -60,13 +60,23 @@ Options:
   -w, --ws                   -d: accept WebSocket connections (behind Caddy, nginx, ...)
       --protocol NAME        monopiped2 (default), monopiped1 (alias v1: the original Rust
                              monopiped's wire format), spiped (spiped 1.6's wire format, to
-                             work with a real spiped at the other end), auto (-d only, the
-                             default there: serves monopiped2 and monopiped1 clients; it
-                             cannot detect spiped clients: serve those with --protocol spiped)
+                             work with a real spiped at the other end), auto (-d only, opt-in:
+                             serves monopiped2 and monopiped1 clients, but a replayed
+                             monopiped1 handshake then reaches the target; it cannot detect
+                             spiped clients: serve those with --protocol spiped)
   -f, --no-pfs               --protocol spiped: no forward secrecy (as spiped -f)
   -g, --require-pfs          --protocol spiped: refuse a peer without forward secrecy (spiped -g)
-  -n, --max-conns N          at most N connections at once; more wait (default 100, 0 = no limit)
+  -n, --max-conns N          at most N connections served at once; more wait (default 100,
+                             0 = no limit). A -d server counts authenticated connections only
   -o, --timeout SECONDS      handshake and connect timeout (default 5)
+      --max-pending N        -d: at most N connections not yet authenticated; for a new one the
+                             oldest is dropped (default 1024, 0 = no limit)
+      --hello-timeout SECS   -d: the first handshake message must arrive within SECS (default 3)
+      --queue-timeout SECS   how long a connection waits for a -n slot before it is refused
+                             (default 30)
+      --idle-timeout SECS    cut a connection with no byte either way for SECS (default 0 = off)
+      --stall-timeout SECS   cut a connection whose queued data makes no progress towards the
+                             application or the peer for SECS (default 60, 0 = off)
       --grace SECONDS        on SIGINT/SIGTERM, time open connections get to finish (default 10)
   -b, --bind HOST            local address for outgoing connections
   -j, --no-keepalive         do not enable TCP keepalive
@@ -123,6 +133,11 @@ export const RUN_OPTIONS = {
   "require-pfs": { type: "boolean", short: "g" },
   "max-conns": { type: "string", short: "n" },
   timeout: { type: "string", short: "o" },
+  "max-pending": { type: "string" },
+  "hello-timeout": { type: "string" },
+  "queue-timeout": { type: "string" },
+  "idle-timeout": { type: "string" },
+  "stall-timeout": { type: "string" },
   grace: { type: "string" },
   bind: { type: "string", short: "b" },
   "no-keepalive": { type: "boolean", short: "j" },
@@ -207,6 +222,18 @@ function number(
   return n;
 }
 
+/** A duration flag in seconds -> milliseconds; `offAllowed`: 0 turns the feature off. */
+function seconds(value: string | undefined, flag: string, def: number, offAllowed: boolean): number {
+  const n = number(
+    value,
+    flag,
+    def,
+    (x) => (offAllowed ? x >= 0 : x > 0) && x <= 86400 * 365,
+    offAllowed ? "seconds >= 0 (0 = off)" : "seconds > 0",
+  );
+  return Math.round(n * 1000);
+}
+
 function address(value: string, flag: string, allowUrl: boolean, allowPortZero: boolean) {
   try {
     return parseAddress(value, { allowUrl, allowPortZero });
@@ -224,6 +251,9 @@ const NOT_FOR_PIPE = [
   "source",
   "ws",
   "max-conns",
+  "max-pending",
+  "hello-timeout",
+  "queue-timeout",
   "grace",
   "pidfile",
   "path",
@@ -309,7 +339,7 @@ export function parseRunArgs(
     );
   }
 
-  const protocolText = v.protocol ?? (mode === "decrypt" ? "auto" : "monopiped2");
+  const protocolText = v.protocol ?? "monopiped2";
   const protocol = PROTOCOL_ALIASES[protocolText.toLowerCase()];
   if (!protocol)
     throw new UsageError(`--protocol ${protocolText}: expected monopiped2, monopiped1 (v1), spiped or auto`);
@@ -320,6 +350,13 @@ export function parseRunArgs(
   for (const flag of ["no-pfs", "require-pfs"] as const) {
     if (v[flag] && protocol !== "spiped")
       throw new UsageError(`${flagName(flag)} applies to --protocol spiped only`);
+  }
+
+  for (const flag of ["max-pending", "hello-timeout"] as const) {
+    if (v[flag] !== undefined && mode !== "decrypt")
+      throw new UsageError(
+        `${flagName(flag)} applies to a -d server only (it limits connections that have not proved the key)`,
+      );
   }
 
   const wsClientFlags = (["ca", "insecure", "sni", "host", "header", "proxy"] as const).filter(
@@ -370,6 +407,17 @@ export function parseRunArgs(
       "a whole number >= 0 (0 = no limit)",
     ),
     timeoutMs: timeout * 1000,
+    maxPending: number(
+      v["max-pending"],
+      "--max-pending",
+      1024,
+      (n) => Number.isInteger(n) && n >= 0,
+      "a whole number >= 0 (0 = no limit)",
+    ),
+    helloTimeoutMs: seconds(v["hello-timeout"], "--hello-timeout", 3, false),
+    queueTimeoutMs: seconds(v["queue-timeout"], "--queue-timeout", 30, false),
+    idleTimeoutMs: seconds(v["idle-timeout"], "--idle-timeout", 0, true),
+    stallTimeoutMs: seconds(v["stall-timeout"], "--stall-timeout", 60, true),
     graceMs: number(v.grace, "--grace", 10, (n) => n >= 0, "seconds >= 0") * 1000,
     keepAlive: !v["no-keepalive"],
     bindHost: v.bind,

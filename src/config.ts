@@ -41,8 +41,20 @@ export interface Config {
   listenFd?: number;
   /** --protocol spiped: -f (no forward secrecy) and -g (require it from the peer). */
   spiped?: SpipedOptions;
+  /** -n: authenticated connections served at once (0 = no limit); more wait for a slot. */
   maxConns: number;
+  /** -o: the whole handshake (and each outgoing connect) must finish within it. */
   timeoutMs: number;
+  /** --max-pending: connections not yet authenticated held at once; the oldest is dropped for a new one. */
+  maxPending: number;
+  /** --hello-timeout: the first handshake message (or the PROXY header) must arrive within it. */
+  helloTimeoutMs: number;
+  /** --queue-timeout: how long a connection may wait for a -n slot. */
+  queueTimeoutMs: number;
+  /** --idle-timeout: no byte either way for this long cuts the connection (0 = off). */
+  idleTimeoutMs: number;
+  /** --stall-timeout: data queued towards a link that makes no progress for this long cuts it (0 = off). */
+  stallTimeoutMs: number;
   graceMs: number;
   keepAlive: boolean;
   bindHost?: string;

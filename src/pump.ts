@@ -12,7 +12,7 @@
  */
 import { ProtocolError } from "./protocol/errors.js";
 import type { Session } from "./protocol/types.js";
-import type { Link } from "./transport/link.js";
+import { DISCARD, type OwnedLink } from "./transport/link.js";
 
 export interface PumpResult {
   /** Plain bytes read from the application and sent through the tunnel. */
@@ -25,18 +25,36 @@ export interface PumpResult {
   clean: boolean;
 }
 
+/** A running pump as the tunnel sees it: live byte counters, and a way to cut it (timeouts). */
+export interface PumpHandle {
+  sent: number;
+  received: number;
+  /**
+   * End the connection now as a failure with `reason` (for the log). `tellPeer`: the reason sent to
+   * the peer in an ABORT record, after which the encrypted link is closed with a FIN; null resets
+   * the encrypted link instead (it is the one not moving). The application is reset either way.
+   */
+  cut(reason: string, tellPeer: string | null): void;
+}
+
 export interface PumpOptions {
   /** Bytes that arrived right after the handshake, already read from the encrypted link. */
   rest?: Buffer;
-  /** Called once the connection is fully wired (data may flow). */
-  onStart?: () => void;
+  /** Filled in by the pump: its counters and cut(). */
+  handle?: PumpHandle;
 }
 
-export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions = {}): Promise<PumpResult> {
+export function pump(
+  plain: OwnedLink,
+  enc: OwnedLink,
+  session: Session,
+  opts: PumpOptions = {},
+): Promise<PumpResult> {
   return new Promise((resolve) => {
     const { sealer, opener } = session;
-    let sent = 0;
-    let received = 0;
+    const stats: PumpHandle = opts.handle ?? { sent: 0, received: 0, cut: () => {} };
+    stats.sent = 0;
+    stats.received = 0;
     let upDone = false; // application -> tunnel finished (end of stream sent)
     let downDone = false; // tunnel -> application finished (end of stream received)
     let settled = false;
@@ -44,9 +62,9 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     const finish = (reason: string, clean: boolean) => {
       if (settled) return;
       settled = true;
-      plain.removeAllListeners("data");
-      enc.removeAllListeners("data");
-      resolve({ sent, received, reason, clean });
+      plain.own(DISCARD);
+      enc.own(DISCARD);
+      resolve({ sent: stats.sent, received: stats.received, reason, clean });
     };
 
     /** Tear down after a failure: the application sees a reset, the peer an abort where the protocol can say it. */
@@ -66,6 +84,17 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       plain.reset();
       finish(reason, false);
     };
+    stats.cut = (reason, tellPeer) => fail(reason, tellPeer);
+
+    /** Sealing can throw (a nonce counter at its limit): the connection fails, closed without END. */
+    const sealed = (what: () => Buffer[]): Buffer[] | null => {
+      try {
+        return what();
+      } catch (err) {
+        fail(`cannot seal a record: ${err instanceof Error ? err.message : String(err)}`, null);
+        return null;
+      }
+    };
 
     const maybeDone = () => {
       if (!upDone || !downDone) return;
@@ -83,7 +112,8 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
     let carry: Buffer | null = null;
     let flushScheduled = false;
     const sealAndSend = (plainBytes: Buffer, carried?: Buffer) => {
-      if (!enc.send(sealer.seal(plainBytes, carried))) plain.pause();
+      const records = sealed(() => sealer.seal(plainBytes, carried));
+      if (records && !enc.send(records)) plain.pause();
     };
     const flushCarry = () => {
       flushScheduled = false;
@@ -92,8 +122,9 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       carry = null;
       sealAndSend(rest);
     };
-    plain.on("data", (chunk: Buffer) => {
-      sent += chunk.length;
+    const onPlainData = (chunk: Buffer) => {
+      if (settled) return;
+      stats.sent += chunk.length;
       // The carried bytes go in front of this read; the sealer takes both without joining them.
       const carried = carry ?? undefined;
       carry = null;
@@ -111,19 +142,18 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
         }
       }
       sealAndSend(bytes, carried);
-    });
-    enc.on("drain", () => {
-      if (!upDone) plain.resume();
-    });
-    plain.on("end", () => {
-      if (settled) return;
+    };
+    const onPlainEnd = () => {
+      if (settled || upDone) return;
       flushCarry();
+      if (settled) return;
       upDone = true;
-      const records = sealer.end();
+      const records = sealed(() => sealer.end());
+      if (records === null) return;
       if (records.length > 0) enc.send(records);
       if (!session.authenticatedEnd) enc.endWrite();
       maybeDone();
-    });
+    };
 
     // tunnel -> application
     const deliver = (chunk: Buffer) => {
@@ -141,7 +171,7 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       for (const ev of events) {
         if (ev.type === "data") {
           if (ev.data.length === 0) continue;
-          received += ev.data.length;
+          stats.received += ev.data.length;
           if (!plain.send([ev.data])) enc.pause();
         } else if (ev.type === "end") {
           downDone = true;
@@ -153,7 +183,7 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
         }
       }
     };
-    enc.on("data", (chunk: Buffer) => {
+    const onEncData = (chunk: Buffer) => {
       if (settled) return;
       try {
         deliver(chunk);
@@ -161,11 +191,8 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
         const why = err instanceof ProtocolError ? err.message : String(err);
         fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
       }
-    });
-    plain.on("drain", () => {
-      if (!downDone) enc.resume();
-    });
-    enc.on("end", () => {
+    };
+    const onEncEnd = () => {
       if (settled || downDone) return;
       if (session.authenticatedEnd) {
         fail("encrypted connection cut: it ended without an end-of-stream record (truncated)", null);
@@ -179,33 +206,39 @@ export function pump(plain: Link, enc: Link, session: Session, opts: PumpOptions
       }
       plain.endWrite();
       maybeDone();
+    };
+
+    plain.own({
+      data: onPlainData,
+      drain: () => {
+        if (!downDone) enc.resume();
+      },
+      end: onPlainEnd,
+      close: (err?: Error) => {
+        if (settled) return;
+        fail(
+          `application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`,
+          "the application reset its connection",
+        );
+      },
+    });
+    enc.own({
+      data: onEncData,
+      drain: () => {
+        if (!upDone) plain.resume();
+      },
+      end: onEncEnd,
+      close: (err?: Error) => {
+        if (settled) return;
+        fail(
+          `encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`,
+          null,
+        );
+      },
     });
 
-    enc.on("close", (err?: Error) => {
-      if (settled) return;
-      fail(
-        `encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`,
-        null,
-      );
-    });
-    plain.on("close", (err?: Error) => {
-      if (settled) return;
-      fail(
-        `application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`,
-        "the application reset its connection",
-      );
-    });
-
-    if (opts.rest && opts.rest.length > 0) {
-      try {
-        deliver(opts.rest);
-      } catch (err) {
-        const why = err instanceof ProtocolError ? err.message : String(err);
-        fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
-        return;
-      }
-    }
-    opts.onStart?.();
+    if (opts.rest && opts.rest.length > 0) onEncData(opts.rest);
+    if (settled) return;
     plain.resume();
     enc.resume();
   });

@@ -1,60 +1,128 @@
 /**
- * The tunnel: accept loop, connection limit, timeouts and each connection's lifecycle.
+ * The tunnel: accept loop, admission, limits, timeouts and each connection's lifecycle.
  *
- *   encrypt (-e): plain app connects -> dial the encrypted peer -> handshake -> pump
- *   decrypt (-d): encrypted peer connects -> handshake (peer authenticated) -> dial target -> pump
+ *   encrypt (-e): plain app connects -> wait for a -n slot -> dial the encrypted peer -> handshake -> pump
+ *   decrypt (-d): encrypted peer connects (pending) -> [PROXY header] -> handshake (the peer has
+ *                 proved the key) -> wait for a -n slot -> dial target -> pump
  *
  * The decrypt side dials its target only after the handshake has authenticated the peer, so a
- * stranger never makes it open a connection to the target. Every step that waits on the network has
- * the -o deadline; a connection above the -n limit waits unserved (as with spiped) until a slot frees.
+ * stranger never makes it open a connection to the target. Connections that have not authenticated
+ * do not hold -n slots: they sit in a PendingSet with its own cap (--max-pending, the oldest dropped
+ * for a new one), must send their first handshake message within --hello-timeout and finish the
+ * handshake within -o. Above -n, served connections wait at most --queue-timeout for a slot.
+ *
+ * Each link is wrapped in an OwnedLink the moment it exists, so its events always have an owner
+ * (handshake, then pump) or are held for the next one: an end or a reset is never lost between steps.
+ * One timer per tunnel checks every served connection for --idle-timeout and --stall-timeout.
  */
 import type { Config } from "./config.js";
-import { type Established, runHandshake } from "./handshake.js";
+import { type Established, HandshakeError, runHandshake } from "./handshake.js";
 import type { Logger } from "./log.js";
+import { type ConnectionLabels, NO_OBSERVER, type Outcome, type TunnelObserver } from "./observer.js";
+import { type PendingEntry, PendingSet } from "./pending.js";
 import { createHandshake, prepareProtocol } from "./protocol/index.js";
 import type { Session } from "./protocol/types.js";
-import { type PumpResult, pump } from "./pump.js";
+import { type PumpHandle, type PumpResult, pump } from "./pump.js";
+import { FailureSummary } from "./summary.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
-import type { Link, Listener } from "./transport/link.js";
+import { DISCARD, type Link, type Listener, OwnedLink } from "./transport/link.js";
+import { MAX_PROXY_HEADER, parseProxyHeader } from "./transport/proxyproto.js";
 import { wsClientWarnings } from "./transport/ws.js";
 
 /** How long a connection that ended cleanly may take to finish its closing handshake. */
 const LINGER_MS = 10_000;
-/** Connections waiting above the -n limit; beyond this they are refused outright. */
+/** Connections waiting for a -n slot; beyond this, new ones are refused at once. */
 const MAX_WAITING = 1024;
+/** How often the idle and stall timeouts are checked. */
+const SWEEP_MS = 1000;
+
+/** A connection being pumped, as the idle/stall sweeper sees it. */
+interface Served {
+  plain: OwnedLink;
+  enc: OwnedLink;
+  handle: PumpHandle;
+  /** What the plain link is, for the stall message ("the application 127.0.0.1:5000"). */
+  plainName: string;
+  encName: string;
+  lastBytes: number;
+  lastActive: number;
+  stall: Map<OwnedLink, { sent: number; since: number }>;
+}
+
+interface Waiter {
+  grant(): void;
+  fail(why: string): void;
+}
+
+class RefusedError extends Error {}
 
 export class Tunnel {
   private listener: Listener | null = null;
-  private readonly active = new Set<Link>();
-  private readonly waiting: Link[] = [];
+  /** -n slots taken (a server: authenticated connections being served). */
+  private active = 0;
+  private readonly waiting: Waiter[] = [];
+  /** Links of served connections (cut when the grace period is over) and of pending ones. */
+  private readonly servedLinks = new Set<OwnedLink>();
+  private readonly pendingLinks = new Set<OwnedLink>();
+  readonly pending: PendingSet;
+  private readonly served = new Set<Served>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly strangers: FailureSummary;
+  private readonly refusals: FailureSummary;
   private seq = 0;
   private limitWarned = false;
-  private stopping = false;
+  private evictWarned = false;
   private warnedV1 = false;
   private notedSpiped = false;
   private readonly idle: (() => void)[] = [];
+  private readonly labels: ConnectionLabels;
+  /** True once stop() began: no new connection is taken. */
+  draining = false;
 
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-  ) {}
+    private readonly observer: TunnelObserver = NO_OBSERVER,
+  ) {
+    this.pending = new PendingSet(cfg.mode === "decrypt" ? cfg.maxPending : 0);
+    this.strangers = new FailureSummary(log, "connections failed before authenticating");
+    this.refusals = new FailureSummary(log, "connections refused (no free slot)");
+    const encTransport =
+      cfg.mode === "decrypt"
+        ? cfg.wsListen
+          ? "ws"
+          : cfg.listen.kind === "unix"
+            ? "unix"
+            : "tcp"
+        : cfg.target.kind === "ws"
+          ? "ws"
+          : cfg.target.kind === "unix"
+            ? "unix"
+            : "tcp";
+    this.labels = { role: cfg.mode === "encrypt" ? "client" : "server", transport: encTransport };
+  }
 
   get address(): string {
     return this.listener?.address ?? this.cfg.listen.text;
   }
 
-  /** Number of connections being served (not counting those waiting for a slot). */
+  /** Number of connections being served (not counting pending ones or those waiting for a slot). */
   get openConnections(): number {
-    return this.active.size;
+    return this.active;
   }
 
   /** Bind the listener and start serving. */
   async start(): Promise<void> {
     for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
+    if (this.cfg.mode === "decrypt" && this.cfg.protocol === "auto") {
+      this.log.warn(
+        "--protocol auto also serves monopiped1 clients: a replayed monopiped1 handshake reaches the target (monopiped1 has no key confirmation); use --protocol monopiped2 once no monopiped1 clients remain",
+      );
+    }
     // Before listening, so that the ready line means ready: for spiped on Node 22+ this takes
     // ~350 ms of CPU, which would otherwise stall the first connection.
     prepareProtocol(this.cfg.protocol);
-    this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link));
+    this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link), this.pending);
   }
 
   /** The start-up log line ("listening on ..."); a supervisor may take it as the ready signal. */
@@ -74,13 +142,15 @@ export class Tunnel {
 
   /** Stop accepting, give open connections `graceMs` to finish, then cut the rest. */
   async stop(graceMs: number): Promise<void> {
-    if (this.stopping) return;
-    this.stopping = true;
+    if (this.draining) return;
+    this.draining = true;
     this.listener?.close();
-    for (const link of this.waiting.splice(0)) link.reset();
-    if (this.active.size > 0) {
+    for (const w of this.waiting.splice(0)) w.fail("the server is stopping");
+    this.observer.waiting(0);
+    for (const l of this.pendingLinks) l.reset();
+    if (this.active > 0) {
       this.log.info(
-        { open: this.active.size, graceSeconds: graceMs / 1000 },
+        { open: this.active, graceSeconds: graceMs / 1000 },
         "stopping: waiting for open connections to finish",
       );
       await new Promise<void>((resolve) => {
@@ -91,116 +161,336 @@ export class Tunnel {
           resolve();
         });
       });
-      if (this.active.size > 0) {
-        this.log.warn({ open: this.active.size }, "grace period over: cutting the remaining connections");
-        for (const link of this.active) link.reset();
+      if (this.active > 0) {
+        this.log.warn({ open: this.active }, "grace period over: cutting the remaining connections");
+        for (const l of this.servedLinks) l.reset();
       }
     }
+    this.stopSweeper();
   }
 
   private admit(link: Link): void {
-    if (this.stopping) {
+    if (this.draining) {
       link.reset();
       return;
     }
-    const limit = this.cfg.maxConns;
-    if (limit > 0 && this.active.size >= limit) {
-      if (this.waiting.length >= MAX_WAITING) {
-        this.log.warn({ peer: link.peer }, `connection refused: ${MAX_WAITING} connections already waiting`);
-        link.reset();
-        return;
-      }
-      if (!this.limitWarned) {
-        this.log.warn(
-          { limit },
-          `connection limit (${limit}) reached: new connections wait until one closes (-n)`,
-        );
-        this.limitWarned = true;
-      }
-      this.waiting.push(link);
-      link.once("close", () => {
-        const i = this.waiting.indexOf(link);
-        if (i >= 0) this.waiting.splice(i, 1);
-      });
-      return;
-    }
-    this.active.add(link);
-    void this.serve(link).finally(() => this.release(link));
+    const conn = new OwnedLink(link);
+    const run = this.cfg.mode === "encrypt" ? this.serveClient(conn) : this.serveServer(conn);
+    void run.catch((err) => this.log.error({ reason: String(err) }, `internal error: ${String(err)}`));
   }
 
   /**
    * Serve one connection whose plain side is already open (`monopiped pipe`: standard input and
-   * output), without a listener. Resolves true when it ended cleanly.
+   * output), without a listener or a slot. Resolves true when it ended cleanly.
    */
   serveOne(plain: Link): Promise<boolean> {
-    return this.serve(plain);
+    return this.serveClient(new OwnedLink(plain), false);
   }
 
-  private release(link: Link): void {
-    this.active.delete(link);
-    const next = this.waiting.shift();
-    if (next) this.admit(next);
+  // -------------------------------------------------------------------------------------------
+  // Slots (-n) and the queue above it
+
+  /** Take a -n slot, waiting in the queue (at most --queue-timeout) when none is free. */
+  private acquireSlot(conn: OwnedLink): Promise<void> {
+    const limit = this.cfg.maxConns;
+    if (this.draining) return Promise.reject(new RefusedError("the server is stopping"));
+    if (limit <= 0 || (this.active < limit && this.waiting.length === 0)) {
+      this.active++;
+      return Promise.resolve();
+    }
+    if (this.waiting.length >= MAX_WAITING) {
+      return Promise.reject(
+        new RefusedError(
+          `all ${limit} connection slots in use (-n) and ${MAX_WAITING} connections already waiting`,
+        ),
+      );
+    }
+    if (!this.limitWarned) {
+      this.log.warn(
+        { limit },
+        `connection limit (${limit}) reached: new connections wait until one closes (-n), at most ${this.cfg.queueTimeoutMs / 1000} s (--queue-timeout)`,
+      );
+      this.limitWarned = true;
+    }
+    return new Promise<void>((resolve, reject) => {
+      const onClose = () => w.fail("it closed while waiting for a connection slot");
+      const done = () => {
+        clearTimeout(timer);
+        conn.link.removeListener("close", onClose);
+        const i = this.waiting.indexOf(w);
+        if (i >= 0) this.waiting.splice(i, 1);
+        this.observer.waiting(this.waiting.length);
+      };
+      const w: Waiter = {
+        grant: () => {
+          done();
+          this.active++;
+          resolve();
+        },
+        fail: (why: string) => {
+          done();
+          reject(new RefusedError(why));
+        },
+      };
+      const timer = setTimeout(
+        () =>
+          w.fail(
+            `no connection slot free within ${this.cfg.queueTimeoutMs / 1000} s (all ${limit} in use: -n, --queue-timeout)`,
+          ),
+        this.cfg.queueTimeoutMs,
+      );
+      timer.unref();
+      conn.link.on("close", onClose);
+      this.waiting.push(w);
+      this.observer.waiting(this.waiting.length);
+    });
+  }
+
+  private releaseSlot(): void {
+    this.active--;
+    const next = this.waiting[0];
+    if (next) next.grant();
     else this.limitWarned = false;
-    if (this.active.size === 0) for (const cb of this.idle.splice(0)) cb();
+    if (this.active === 0) for (const cb of this.idle.splice(0)) cb();
   }
 
-  /** One connection from accept to close; resolves true when it ended cleanly. */
-  private async serve(accepted: Link): Promise<boolean> {
+  // -------------------------------------------------------------------------------------------
+  // The two kinds of connection
+
+  /** A server end's connection: from accept (a stranger) through the handshake to the target. */
+  private async serveServer(conn: OwnedLink): Promise<boolean> {
     const id = ++this.seq;
     const started = Date.now();
-    const peer = accepted.peer;
+    const seconds = () => (Date.now() - started) / 1000;
+    let peer = conn.peer;
     const log = this.log.child({ conn: id });
-    log.info({ peer }, "connection opened");
-    let plain: Link | null = null;
-    let enc: Link | null = null;
-    let session: Session | null = null;
-    let rest: Buffer | undefined;
-    let result: PumpResult;
-    let closing = false; // the accepted link is already closing cleanly
-    try {
-      if (this.cfg.mode === "encrypt") {
-        plain = accepted;
-        enc = await dialEncrypted(this.cfg);
-        ({ session, rest } = await this.handshake(enc, "client", log));
-        result = await pump(plain, enc, session, { rest });
-      } else {
-        enc = accepted;
-        // The CLI refuses this; the check narrows the type before any work is done.
-        if (this.cfg.target.kind === "ws") throw new Error("a decrypt-mode target cannot be a WebSocket URL");
-        ({ session, rest } = await this.handshake(enc, "server", log));
-        try {
-          plain = await dialSocketLink(this.cfg.target, this.cfg);
-        } catch (err) {
-          const why = `target ${(err as Error).message}`;
-          // Tell the authenticated client why, where the protocol can carry it.
-          const records = session.sealer.abort(why.replace(/^target /, "server's target: "));
-          if (records.length > 0) {
-            enc.send(records);
-            enc.endWrite();
-            closing = true; // a reset now could overtake the ABORT record
-          } else enc.reset();
-          throw new Error(why);
-        }
-        result = await pump(plain, enc, session, { rest });
-      }
-    } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      plain?.reset();
-      if (closing) {
-        this.linger(accepted);
-      } else if (this.cfg.mode === "decrypt" && !session) {
-        // A peer that failed the handshake gets a plain close: no reset, no hint, nothing more.
-        accepted.endWrite();
-        this.linger(accepted);
-      } else {
-        accepted.reset();
-        if (enc && !session) enc.reset();
-      }
+    log.debug({ peer }, "connection accepted");
+    this.observer.connectionOpened(this.labels);
+    let evicted = false;
+    const entry: PendingEntry = {
+      evict: () => {
+        evicted = true;
+        conn.reset();
+      },
+    };
+    this.pending.add(entry);
+    this.pendingLinks.add(conn);
+    this.observer.pending(this.pending.size);
+    if (this.pending.evicted > 0 && !this.evictWarned) {
+      this.evictWarned = true;
       log.warn(
-        { peer, protocol: session?.protocol, durationMs: Date.now() - started, reason },
-        `connection failed: ${reason}`,
+        { maxPending: this.pending.cap },
+        `${this.pending.cap} connections have not authenticated yet (--max-pending): the oldest are dropped to make room`,
       );
+    }
+    const leavePending = () => {
+      this.pending.delete(entry);
+      this.pendingLinks.delete(conn);
+      this.observer.pending(this.pending.size);
+    };
+
+    let est: Established;
+    try {
+      let initial: Buffer | undefined;
+      if (this.cfg.proxyProtocol) {
+        const header = await readProxyHeader(conn, this.cfg.helloTimeoutMs);
+        if (header.source) peer = header.source;
+        initial = header.rest;
+      }
+      est = await this.handshake(conn, "server", `client ${peer}`, log, started, initial);
+    } catch (err) {
+      leavePending();
+      const kind = evicted ? "limit" : err instanceof HandshakeError ? err.kind : "malformed";
+      const reason = evicted
+        ? `dropped before authenticating: ${this.pending.cap} connections were pending (--max-pending) and this was the oldest`
+        : (err as Error).message;
+      this.observer.handshakeFailed(this.labels, kind);
+      this.observer.connectionClosed(this.labels, undefined, "handshake-failed", seconds(), 0, 0);
+      this.strangers.note(kind, `connection failed: ${reason}`, {
+        conn: id,
+        peer,
+        durationMs: Date.now() - started,
+        reason,
+      });
+      // A stranger gets a plain close: no reset, no hint, nothing more.
+      if (!evicted) {
+        conn.own(DISCARD);
+        conn.endWrite();
+        this.linger(conn);
+      }
       return false;
+    }
+    leavePending();
+    const { session, rest } = est;
+    this.observer.handshakeDone(this.labels, session.protocol, seconds());
+
+    try {
+      await this.acquireSlot(conn);
+    } catch (err) {
+      const why = (err as Error).message;
+      this.refuseAuthenticated(conn, session, `server busy: ${why}`);
+      this.refusals.note("busy", `connection refused: ${why}`, { conn: id, peer, reason: why });
+      this.observer.connectionClosed(this.labels, session.protocol, "refused-by-target", seconds(), 0, 0);
+      return false;
+    }
+    this.servedLinks.add(conn);
+    log.info({ peer, protocol: session.protocol }, "connection opened");
+    let plain: OwnedLink | null = null;
+    try {
+      // The CLI refuses this; the check narrows the type before any work is done.
+      if (this.cfg.target.kind === "ws") throw new Error("a decrypt-mode target cannot be a WebSocket URL");
+      try {
+        plain = new OwnedLink(await dialSocketLink(this.cfg.target, this.cfg));
+      } catch (err) {
+        const why = `target ${(err as Error).message}`;
+        // Tell the authenticated client why, where the protocol can carry it.
+        this.refuseAuthenticated(conn, session, why.replace(/^target /, "server's target: "));
+        log.warn(
+          { peer, protocol: session.protocol, durationMs: Date.now() - started, reason: why },
+          `connection failed: ${why}`,
+        );
+        this.observer.connectionClosed(this.labels, session.protocol, "refused-by-target", seconds(), 0, 0);
+        return false;
+      }
+      this.servedLinks.add(plain);
+      return await this.pumpAndLog(
+        plain,
+        conn,
+        session,
+        rest,
+        log,
+        peer,
+        started,
+        "the application",
+        `client ${peer}`,
+      );
+    } finally {
+      this.servedLinks.delete(conn);
+      if (plain) this.servedLinks.delete(plain);
+      this.releaseSlot();
+    }
+  }
+
+  /** An authenticated connection that will not be served: ABORT with the reason, then a FIN. */
+  private refuseAuthenticated(conn: OwnedLink, session: Session, why: string): void {
+    conn.own(DISCARD);
+    let records: Buffer[] = [];
+    try {
+      records = session.sealer.abort(why);
+    } catch {
+      // cannot seal: close without it
+    }
+    if (records.length > 0) {
+      conn.send(records);
+      conn.endWrite();
+      this.linger(conn); // a reset now could overtake the ABORT record
+    } else conn.reset();
+  }
+
+  /** A client end's connection: a plain application (or stdio) to the server end. */
+  private async serveClient(plain: OwnedLink, useSlot = true): Promise<boolean> {
+    const id = ++this.seq;
+    const started = Date.now();
+    const peer = plain.peer;
+    const log = this.log.child({ conn: id });
+    this.observer.connectionOpened(this.labels);
+    if (useSlot) {
+      try {
+        await this.acquireSlot(plain);
+      } catch (err) {
+        const why = (err as Error).message;
+        plain.own(DISCARD);
+        plain.reset();
+        this.refusals.note("busy", `connection refused: ${why}`, { conn: id, peer, reason: why });
+        this.observer.connectionClosed(
+          this.labels,
+          undefined,
+          "refused-by-target",
+          (Date.now() - started) / 1000,
+          0,
+          0,
+        );
+        return false;
+      }
+    }
+    this.servedLinks.add(plain);
+    log.info({ peer }, "connection opened");
+    let enc: OwnedLink | null = null;
+    try {
+      let est: Established;
+      try {
+        enc = new OwnedLink(await dialEncrypted(this.cfg));
+        this.servedLinks.add(enc);
+        est = await this.handshake(enc, "client", `server ${this.cfg.target.text}`, log, Date.now());
+      } catch (err) {
+        const reason = (err as Error).message;
+        plain.own(DISCARD);
+        plain.reset();
+        if (enc) {
+          enc.own(DISCARD);
+          enc.reset();
+        }
+        if (err instanceof HandshakeError) this.observer.handshakeFailed(this.labels, err.kind);
+        this.observer.connectionClosed(
+          this.labels,
+          undefined,
+          err instanceof HandshakeError ? "handshake-failed" : "refused-by-target",
+          (Date.now() - started) / 1000,
+          0,
+          0,
+        );
+        log.warn({ peer, durationMs: Date.now() - started, reason }, `connection failed: ${reason}`);
+        return false;
+      }
+      this.observer.handshakeDone(this.labels, est.session.protocol, (Date.now() - started) / 1000);
+      return await this.pumpAndLog(
+        plain,
+        enc,
+        est.session,
+        est.rest,
+        log,
+        peer,
+        started,
+        `the application ${peer}`,
+        `server ${this.cfg.target.text}`,
+      );
+    } finally {
+      this.servedLinks.delete(plain);
+      if (enc) this.servedLinks.delete(enc);
+      if (useSlot) this.releaseSlot();
+    }
+  }
+
+  private async pumpAndLog(
+    plain: OwnedLink,
+    enc: OwnedLink,
+    session: Session,
+    rest: Buffer,
+    log: Logger,
+    peer: string,
+    started: number,
+    plainName: string,
+    encName: string,
+  ): Promise<boolean> {
+    const handle: PumpHandle = { sent: 0, received: 0, cut: () => {} };
+    const s: Served = {
+      plain,
+      enc,
+      handle,
+      plainName,
+      encName,
+      lastBytes: 0,
+      lastActive: Date.now(),
+      stall: new Map(),
+    };
+    const running = pump(plain, enc, session, { rest, handle });
+    this.served.add(s);
+    this.startSweeper();
+    let result: PumpResult;
+    try {
+      result = await running;
+    } finally {
+      this.served.delete(s);
     }
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
@@ -215,13 +505,36 @@ export class Tunnel {
       },
       result.clean ? "connection closed" : `connection ended: ${result.reason}`,
     );
+    this.observer.connectionClosed(
+      this.labels,
+      session.protocol,
+      outcomeOf(result),
+      (Date.now() - started) / 1000,
+      result.sent,
+      result.received,
+    );
     return result.clean;
   }
 
-  private async handshake(link: Link, role: "client" | "server", log: Logger): Promise<Established> {
+  private async handshake(
+    link: OwnedLink,
+    role: "client" | "server",
+    peerName: string,
+    log: Logger,
+    started: number,
+    initial?: Buffer,
+  ): Promise<Established> {
     const hs = createHandshake(role, this.cfg.protocol, this.cfg.keys, this.cfg.spiped);
-    const peerName = role === "client" ? `server ${this.cfg.target.text}` : `client ${link.peer}`;
-    const est = await runHandshake(link, hs, this.cfg.timeoutMs, peerName);
+    const elapsed = Date.now() - started;
+    const est = await runHandshake(link, hs, {
+      role,
+      peerName,
+      timeoutMs: this.cfg.timeoutMs - elapsed,
+      timeoutLabel: `${this.cfg.timeoutMs / 1000} s`,
+      helloTimeoutMs: role === "server" ? this.cfg.helloTimeoutMs - elapsed : undefined,
+      helloLabel: `${this.cfg.helloTimeoutMs / 1000} s`,
+      initial,
+    });
     log.debug({ protocol: est.session.protocol }, "handshake complete");
     if (est.session.protocol === "monopiped1" && !this.warnedV1) {
       this.warnedV1 = true;
@@ -238,18 +551,124 @@ export class Tunnel {
     return est;
   }
 
+  // -------------------------------------------------------------------------------------------
+  // Idle and stall timeouts: one timer for all connections
+
+  private startSweeper(): void {
+    if (this.sweeper || (this.cfg.idleTimeoutMs <= 0 && this.cfg.stallTimeoutMs <= 0)) return;
+    this.sweeper = setInterval(() => this.sweep(), Math.min(SWEEP_MS, this.cfg.idleTimeoutMs || SWEEP_MS));
+    this.sweeper.unref();
+  }
+
+  private stopSweeper(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
+  }
+
+  private sweep(): void {
+    if (this.served.size === 0) {
+      this.stopSweeper();
+      return;
+    }
+    const now = Date.now();
+    const { idleTimeoutMs: idle, stallTimeoutMs: stall } = this.cfg;
+    for (const s of [...this.served]) {
+      const bytes = s.handle.sent + s.handle.received;
+      if (bytes !== s.lastBytes) {
+        s.lastBytes = bytes;
+        s.lastActive = now;
+      } else if (idle > 0 && now - s.lastActive >= idle) {
+        const why = `idle timeout: no data either way for ${idle / 1000} s (--idle-timeout)`;
+        s.handle.cut(why, why);
+        continue;
+      }
+      if (stall <= 0) continue;
+      for (const [link, name] of [
+        [s.plain, s.plainName],
+        [s.enc, s.encName],
+      ] as const) {
+        const queued = link.link.queuedBytes;
+        const sent = link.link.sentBytes;
+        const st = s.stall.get(link);
+        if (queued === 0) {
+          s.stall.delete(link);
+        } else if (!st || st.sent !== sent) {
+          s.stall.set(link, { sent, since: now });
+        } else if (now - st.since >= stall) {
+          const why = `stalled: ${queued} bytes queued towards ${name} made no progress for ${stall / 1000} s (--stall-timeout)`;
+          // Towards the peer: it cannot take an ABORT either, so it is reset.
+          s.handle.cut(why, link === s.enc ? null : why);
+          break;
+        }
+      }
+    }
+  }
+
   /**
    * After a connection ended, make sure sockets still finishing their close (a peer that never
    * sends its FIN) are gone after a while; links already closed are not held.
    */
-  private linger(...links: (Link | null)[]): void {
-    const open = links.filter((l): l is Link => l !== null && !l.closed);
+  private linger(...links: (OwnedLink | null)[]): void {
+    const open = links.filter((l): l is OwnedLink => l !== null && !l.closed);
     if (open.length === 0) return;
     const timer = setTimeout(() => {
       for (const l of open) l.reset();
     }, LINGER_MS);
     timer.unref();
     let left = open.length;
-    for (const l of open) l.once("close", () => --left === 0 && clearTimeout(timer));
+    for (const l of open) l.link.once("close", () => --left === 0 && clearTimeout(timer));
   }
+}
+
+function outcomeOf(r: PumpResult): Outcome {
+  if (r.clean) return "clean";
+  if (r.reason.startsWith("idle timeout")) return "idle-timeout";
+  if (r.reason.startsWith("peer aborted") || r.reason.startsWith("application connection")) return "aborted";
+  return "cut";
+}
+
+/**
+ * --proxy-protocol: read the PROXY header a trusted balancer sends first (within the hello
+ * timeout). Resolves with the client's address it names and the bytes after it.
+ */
+function readProxyHeader(conn: OwnedLink, timeoutMs: number): Promise<{ source?: string; rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buf: Buffer = Buffer.alloc(0);
+    let done = false;
+    const finish = (err: Error | null, value?: { source?: string; rest: Buffer }) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      conn.pause();
+      conn.own(null);
+      if (err) reject(new HandshakeError(err.message, "malformed"));
+      else resolve(value as { source?: string; rest: Buffer });
+    };
+    const timer = setTimeout(
+      () => finish(new Error(`no PROXY header within ${timeoutMs / 1000} s (--hello-timeout)`)),
+      timeoutMs,
+    );
+    conn.own({
+      data(chunk) {
+        if (done) return;
+        buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+        try {
+          const h = parseProxyHeader(buf);
+          if (h.done) finish(null, { source: h.source, rest: buf.subarray(h.consumed) });
+          else if (buf.length > MAX_PROXY_HEADER) throw new Error("PROXY header too long");
+        } catch (err) {
+          finish(new Error(`bad PROXY header: ${(err as Error).message}`));
+        }
+      },
+      end() {
+        finish(new Error("the connection closed before its PROXY header was complete"));
+      },
+      close(err) {
+        finish(
+          new Error(`the connection ${err ? `failed (${err.message})` : "closed"} before its PROXY header`),
+        );
+      },
+    });
+    conn.resume();
+  });
 }

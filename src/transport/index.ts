@@ -5,19 +5,34 @@
 import type { SocketAddress } from "../address.js";
 import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
+import type { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
-import { boundAddress, dialSocket, listenSocket, SocketLink, tuneSocket } from "./tcp.js";
+import { boundAddress, dialSocket, listenSocket, logAcceptErrors, SocketLink, tuneSocket } from "./tcp.js";
 import { dialWebSocket, listenWebSocket } from "./ws.js";
 
-export async function listenLinks(cfg: Config, log: Logger, onLink: (link: Link) => void): Promise<Listener> {
+export async function listenLinks(
+  cfg: Config,
+  log: Logger,
+  onLink: (link: Link) => void,
+  pending: PendingSet,
+): Promise<Listener> {
   const at = cfg.listen;
   if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
-  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink);
-  const server = await listenSocket(at, (socket) => {
-    if (at.kind === "tcp") tuneSocket(socket, { keepAlive: cfg.keepAlive });
-    onLink(new SocketLink(socket));
-  });
-  return { address: boundAddress(server, at), close: () => server.close() };
+  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink, pending);
+  const server = await listenSocket(
+    at,
+    (socket) => {
+      // An inherited descriptor may be TCP or Unix whatever -l says: tune what is TCP.
+      if (socket.remoteAddress) tuneSocket(socket, { keepAlive: cfg.keepAlive });
+      onLink(new SocketLink(socket));
+    },
+    cfg.listenFd,
+  );
+  logAcceptErrors(server, log, "listener");
+  return {
+    address: boundAddress(server, at),
+    close: () => server.close(),
+  };
 }
 
 /** Connect to a plain or encrypted peer given by a socket address. */

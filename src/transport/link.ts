@@ -27,6 +27,112 @@ export interface Link extends EventEmitter {
   reset(): void;
   /** True once the link has emitted 'close'. */
   readonly closed: boolean;
+  /** Bytes accepted by send() but not yet written out (to the kernel, or to the WebSocket's socket). */
+  readonly queuedBytes: number;
+  /** Bytes written out so far (monotonic): with queuedBytes, tells a stalled link from a slow one. */
+  readonly sentBytes: number;
+}
+
+/** What the current owner of a link (handshake, pump, ...) does with its events. */
+export interface LinkHandlers {
+  data(chunk: Buffer): void;
+  drain?(): void;
+  end(): void;
+  close(err?: Error): void;
+}
+
+/** An owner that drops whatever still arrives (a connection whose outcome is already decided). */
+export const DISCARD: LinkHandlers = { data() {}, end() {}, close() {} };
+
+type HeldEvent = { type: "data"; chunk: Buffer } | { type: "end" } | { type: "close"; err?: Error };
+
+/**
+ * A link whose events have exactly one owner at every moment. It subscribes to the link once, when
+ * the connection is accepted or dialled, and forwards each event to whichever stage owns the link
+ * now (handshake, then the pump). Events that arrive while ownership passes from one stage to the
+ * next (no owner, e.g. while the server dials its target) are held, in order, and handed to the
+ * next owner: a FIN, a reset or bytes can never arrive while nobody listens.
+ */
+export class OwnedLink {
+  private owner: LinkHandlers | null = null;
+  private readonly held: HeldEvent[] = [];
+  private flushScheduled = false;
+  /** The peer's end of stream was seen (delivered or held). */
+  ended = false;
+  /** 'close' was seen (delivered or held). */
+  gone = false;
+  /** Bytes received so far (for the idle timeout). */
+  bytesIn = 0;
+
+  constructor(readonly link: Link) {
+    link.on("data", (chunk: Buffer) => {
+      this.bytesIn += chunk.length;
+      this.dispatch({ type: "data", chunk });
+    });
+    link.on("drain", () => this.owner?.drain?.());
+    link.on("end", () => {
+      this.ended = true;
+      this.dispatch({ type: "end" });
+    });
+    link.on("close", (err?: Error) => {
+      this.gone = true;
+      this.dispatch({ type: "close", err });
+    });
+  }
+
+  get peer(): string {
+    return this.link.peer;
+  }
+  get messageFramed(): boolean {
+    return this.link.messageFramed;
+  }
+  get closed(): boolean {
+    return this.link.closed;
+  }
+  send(chunks: Buffer[]): boolean {
+    return this.link.send(chunks);
+  }
+  pause(): void {
+    this.link.pause();
+  }
+  resume(): void {
+    this.link.resume();
+  }
+  endWrite(): void {
+    this.link.endWrite();
+  }
+  reset(): void {
+    this.link.reset();
+  }
+
+  /**
+   * Hand the link's events to `handlers` from now on (null: hold them for the next owner). Events
+   * held so far are delivered to the new owner first, in order, on the next tick (never from inside
+   * this call, so the caller finishes wiring up before its first event).
+   */
+  own(handlers: LinkHandlers | null): void {
+    this.owner = handlers;
+    if (handlers && this.held.length > 0 && !this.flushScheduled) {
+      this.flushScheduled = true;
+      process.nextTick(() => this.flush());
+    }
+  }
+
+  private dispatch(ev: HeldEvent): void {
+    if (this.owner && this.held.length === 0) this.deliver(this.owner, ev);
+    else this.held.push(ev);
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    while (this.owner && this.held.length > 0) this.deliver(this.owner, this.held.shift() as HeldEvent);
+  }
+
+  private deliver(to: LinkHandlers, ev: HeldEvent): void {
+    if (ev.type === "data") to.data(ev.chunk);
+    else if (ev.type === "end") to.end();
+    else to.close(ev.err);
+  }
 }
 
 /** A bound listener that hands each new connection over as a Link (paused until the tunnel serves it). */

@@ -5,8 +5,11 @@
  * tears down the other.
  */
 import { EventEmitter } from "node:events";
+import { statSync } from "node:fs";
 import net from "node:net";
+import { dirname } from "node:path";
 import { formatHostPort, type SocketAddress } from "../address.js";
+import type { Logger } from "../log.js";
 import type { Link } from "./link.js";
 
 export interface SocketOptions {
@@ -31,9 +34,39 @@ export class SocketLink extends EventEmitter implements Link {
     this.peer = peer ?? describePeer(socket);
     socket.on("data", (chunk: Buffer) => this.emit("data", chunk));
     socket.on("drain", () => this.emit("drain"));
-    socket.on("end", () => this.emit("end"));
+    socket.on("end", () => this.onEnd());
     socket.on("error", (err) => this.finish(err));
     socket.on("close", () => this.finish());
+  }
+
+  /** Bytes handed to the socket so far. */
+  private accepted = 0;
+
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+  get sentBytes(): number {
+    return this.accepted - this.socket.writableLength;
+  }
+
+  /**
+   * The peer's FIN, or what libuv takes for one. libuv before 1.47 (Node 20) reports a reset that
+   * arrives right behind data as an end of file: it treats a short read together with POLLHUP as
+   * EOF and never reads the pending ECONNRESET. The error is still on the socket, so a zero-length
+   * write tells the two apart (send() returns the socket's pending error; after a real FIN it
+   * succeeds and sends nothing). Where we already sent our own FIN the probe is impossible and the
+   * end is taken as it comes.
+   */
+  private onEnd(): void {
+    const s = this.socket;
+    if (s.destroyed || s.writableEnded || !s.writable) {
+      this.emit("end");
+      return;
+    }
+    s.write(Buffer.alloc(0), (err) => {
+      if (err) this.finish(err);
+      else if (!this.closed) this.emit("end");
+    });
   }
 
   private finish(err?: Error): void {
@@ -61,6 +94,7 @@ export class SocketLink extends EventEmitter implements Link {
       while (i < chunks.length && chunks[i].buffer === first.buffer && chunks[i].byteOffset === end) {
         end += chunks[i++].length;
       }
+      this.accepted += end - first.byteOffset;
       ok = this.socket.write(
         i === from ? first : Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset),
       );
@@ -153,37 +187,80 @@ export function connectErrorText(what: string, err: NodeJS.ErrnoException): stri
   }
 }
 
-/** Listen on a TCP or Unix address; resolves with the server once bound. */
+/**
+ * Listen on a TCP or Unix address (or on an inherited listening descriptor, `fd`); resolves with
+ * the server once bound.
+ */
 export function listenSocket(
   addr: SocketAddress,
   onConnection: (socket: net.Socket) => void,
+  fd?: number,
 ): Promise<net.Server> {
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConnection);
-  return bindServer(server, addr).then(() => server);
+  return bindServer(server, addr, fd).then(() => server);
+}
+
+/**
+ * Errors of accept() after the server is bound (EMFILE/ENFILE when out of file descriptors,
+ * ENOBUFS...) are logged, at most one line per interval with the count, and never end the process:
+ * libuv keeps the listener going and retries.
+ */
+export function logAcceptErrors(server: net.Server, log: Logger, what: string): void {
+  let timer: NodeJS.Timeout | null = null;
+  let count = 0;
+  server.on("error", (err: NodeJS.ErrnoException) => {
+    count++;
+    if (timer) return;
+    const why =
+      err.code === "EMFILE" || err.code === "ENFILE"
+        ? `out of file descriptors (${err.code}): new connections are dropped until some close; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-pending / -n`
+        : err.message;
+    log.error({ code: err.code, reason: why }, `${what}: cannot accept connections: ${why}`);
+    count = 0;
+    timer = setTimeout(function again() {
+      if (count > 0) {
+        log.error(
+          { code: err.code, count },
+          `${what}: ${count} more accept errors in the last 10 s (${err.code ?? err.message})`,
+        );
+        count = 0;
+        timer = setTimeout(again, 10_000);
+        timer.unref();
+      } else timer = null;
+    }, 10_000);
+    timer.unref();
+  });
 }
 
 /**
  * Bind any net.Server (a plain one, or the WebSocket listener's http.Server) to a TCP or Unix
  * address; the rejection names the address and the cause.
  */
-export function bindServer(server: net.Server, addr: SocketAddress): Promise<void> {
+export function bindServer(server: net.Server, addr: SocketAddress, fd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", (err: NodeJS.ErrnoException) => {
       const why =
-        err.code === "EADDRINUSE"
-          ? "address already in use"
-          : err.code === "EACCES"
-            ? "permission denied"
-            : err.code === "EADDRNOTAVAIL"
-              ? "address not available on this machine"
-              : err.message;
+        fd !== undefined
+          ? `inherited file descriptor ${fd}: ${err.message}`
+          : err.code === "EADDRINUSE"
+            ? "address already in use"
+            : addr.kind === "unix" &&
+                (err.code === "EACCES" || err.code === "ENOENT") &&
+                !dirExists(addr.path)
+              ? `the directory ${dirname(addr.path)} does not exist`
+              : err.code === "EACCES"
+                ? "permission denied"
+                : err.code === "EADDRNOTAVAIL"
+                  ? "address not available on this machine"
+                  : err.message;
       reject(new Error(`cannot listen on ${addr.text}: ${why}`));
     });
     const onListening = () => {
       server.removeAllListeners("error");
       resolve();
     };
-    if (addr.kind === "unix") server.listen(addr.path, onListening);
+    if (fd !== undefined) server.listen({ fd }, onListening);
+    else if (addr.kind === "unix") server.listen(addr.path, onListening);
     else server.listen({ host: addr.host, port: addr.port, backlog: 511 }, onListening);
   });
 }
@@ -192,4 +269,12 @@ export function bindServer(server: net.Server, addr: SocketAddress): Promise<voi
 export function boundAddress(server: net.Server, addr: SocketAddress): string {
   const a = server.address();
   return typeof a === "string" || a === null ? addr.text : formatHostPort(a.address, a.port);
+}
+
+function dirExists(path: string): boolean {
+  try {
+    return statSync(dirname(path)).isDirectory();
+  } catch {
+    return false;
+  }
 }

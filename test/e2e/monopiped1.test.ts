@@ -41,7 +41,17 @@ describe("monopiped1 over TCP", () => {
     const target = await server((s) => {
       atTarget = Promise.all([receiveAll(s), sendAll(s, pseudoRandom("v1-down", size))]);
     });
-    const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const d = await end([
+      "-d",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${target.port}`,
+      "-k",
+      key,
+      "--protocol",
+      "auto",
+    ]);
     const e = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "v1"]);
     const app = await connect(e.port);
     const [got, sentHash] = await Promise.all([receiveAll(app), sendAll(app, pseudoRandom("v1-up", size))]);
@@ -62,7 +72,17 @@ describe("monopiped1 over TCP", () => {
 
   it("one server process serves a monopiped2 and a monopiped1 client at the same time", async () => {
     const target = await server(echoHandler);
-    const d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const d = await end([
+      "-d",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${target.port}`,
+      "-k",
+      key,
+      "--protocol",
+      "auto",
+    ]);
     const e2 = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key]);
     const e1 = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "monopiped1"]);
     const payloads = Array.from({ length: 8 }, () => randomBytes(2 * MiB));
@@ -84,7 +104,19 @@ describe("monopiped1 over TCP", () => {
     let good: RunningEnd;
     before(async () => {
       target = await server(echoHandler);
-      d = await end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key, "-o", "2"]);
+      d = await end([
+        "-d",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `127.0.0.1:${target.port}`,
+        "-k",
+        key,
+        "-o",
+        "2",
+        "--protocol",
+        "auto",
+      ]);
       good = await end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", key, "--protocol", "v1"]);
     });
     const keys = () => monopiped1Keys(readFileSync(key));
@@ -143,7 +175,18 @@ describe("monopiped1 over WebSocket", () => {
       atTarget = Promise.all([receiveExactly(s, size), sendAll(s, pseudoRandom("v1ws-down", size), false)]);
       s.once("end", () => s.end()); // close once the client has closed
     });
-    const d = await end(["-d", "-w", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", key]);
+    const d = await end([
+      "-d",
+      "-w",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      `127.0.0.1:${target.port}`,
+      "-k",
+      key,
+      "--protocol",
+      "auto",
+    ]);
     const e = await end([
       "-e",
       "-l",
@@ -188,6 +231,8 @@ describe("monopiped1 over WebSocket", () => {
         key,
         "-o",
         "2",
+        "--protocol",
+        "auto",
       ]);
       good = await end([
         "-e",

@@ -67,6 +67,8 @@ describe("monopiped pipe", () => {
       `127.0.0.1:${echoTarget.port}`,
       "-k",
       fleet.key,
+      "--protocol",
+      "auto",
     ]);
   });
 

@@ -284,6 +284,8 @@ describe("--protocol spiped between our own ends", () => {
       key,
       "-o",
       "1",
+      "--protocol",
+      "auto",
     ]);
     const e = await ours("-e", d.address);
     await refused(e.port);
@@ -299,6 +301,8 @@ describe("--protocol spiped between our own ends", () => {
       `127.0.0.1:${target.port}`,
       "-k",
       key,
+      "--protocol",
+      "auto",
     ]);
     const eWs = await ours("-e", `ws://${dWs.address}/`);
     await refused(eWs.port);

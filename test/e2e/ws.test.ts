@@ -324,6 +324,8 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
         `127.0.0.1:${targetPort}`,
         "-k",
         key,
+        "--protocol",
+        "auto",
       ]);
       const c = await client(`ws://127.0.0.1:${v1server.port}/`, ["--protocol", "monopiped1"]);
       const s = net.connect({ host: "127.0.0.1", port: c.port, allowHalfOpen: true });

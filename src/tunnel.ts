@@ -16,7 +16,7 @@
  * One timer per tunnel checks every served connection for --idle-timeout and --stall-timeout.
  */
 import type { Config } from "./config.js";
-import { type Established, HandshakeError, runHandshake } from "./handshake.js";
+import { deferredHandshake, type Established, HandshakeError, runHandshake } from "./handshake.js";
 import type { Logger } from "./log.js";
 import { type ConnectionLabels, NO_OBSERVER, type Outcome, type TunnelObserver } from "./observer.js";
 import { type PendingEntry, PendingSet } from "./pending.js";
@@ -263,8 +263,8 @@ export class Tunnel {
     const started = Date.now();
     const seconds = () => (Date.now() - started) / 1000;
     let peer = conn.peer;
-    const log = this.log.child({ conn: id });
-    log.debug({ peer }, "connection accepted");
+    // A child logger only for connections that authenticate: a stranger should cost little.
+    this.log.debug({ conn: id, peer }, "connection accepted");
     this.observer.connectionOpened(this.labels);
     let evicted = false;
     const entry: PendingEntry = {
@@ -278,7 +278,7 @@ export class Tunnel {
     this.observer.pending(this.pending.size);
     if (this.pending.evicted > 0 && !this.evictWarned) {
       this.evictWarned = true;
-      log.warn(
+      this.log.warn(
         { maxPending: this.pending.cap },
         `${this.pending.cap} connections have not authenticated yet (--max-pending): the oldest are dropped to make room`,
       );
@@ -297,7 +297,7 @@ export class Tunnel {
         if (header.source) peer = header.source;
         initial = header.rest;
       }
-      est = await this.handshake(conn, "server", `client ${peer}`, log, started, initial);
+      est = await this.handshake(conn, "server", `client ${peer}`, started, initial);
     } catch (err) {
       leavePending();
       const kind = evicted ? "limit" : err instanceof HandshakeError ? err.kind : "malformed";
@@ -321,6 +321,8 @@ export class Tunnel {
       return false;
     }
     leavePending();
+    const log = this.log.child({ conn: id });
+    this.noteProtocol(est.session, log);
     const { session, rest } = est;
     this.observer.handshakeDone(this.labels, session.protocol, seconds());
 
@@ -421,7 +423,8 @@ export class Tunnel {
       try {
         enc = new OwnedLink(await dialEncrypted(this.cfg));
         this.servedLinks.add(enc);
-        est = await this.handshake(enc, "client", `server ${this.cfg.target.text}`, log, Date.now());
+        est = await this.handshake(enc, "client", `server ${this.cfg.target.text}`, Date.now());
+        this.noteProtocol(est.session, log);
       } catch (err) {
         const reason = (err as Error).message;
         plain.own(DISCARD);
@@ -520,11 +523,15 @@ export class Tunnel {
     link: OwnedLink,
     role: "client" | "server",
     peerName: string,
-    log: Logger,
     started: number,
     initial?: Buffer,
   ): Promise<Established> {
-    const hs = createHandshake(role, this.cfg.protocol, this.cfg.keys, this.cfg.spiped);
+    const make = () => createHandshake(role, this.cfg.protocol, this.cfg.keys, this.cfg.spiped);
+    // monopiped2's msg1 and monopiped1's hello are both 48 bytes, and the server speaks second.
+    const hs =
+      role === "server" && (this.cfg.protocol === "monopiped2" || this.cfg.protocol === "auto")
+        ? deferredHandshake(make, 48)
+        : make();
     const elapsed = Date.now() - started;
     const est = await runHandshake(link, hs, {
       role,
@@ -535,20 +542,24 @@ export class Tunnel {
       helloLabel: `${this.cfg.helloTimeoutMs / 1000} s`,
       initial,
     });
-    log.debug({ protocol: est.session.protocol }, "handshake complete");
-    if (est.session.protocol === "monopiped1" && !this.warnedV1) {
+    return est;
+  }
+
+  /** Once per process: what the compatibility protocols do not protect. */
+  private noteProtocol(session: Session, log: Logger): void {
+    log.debug({ protocol: session.protocol }, "handshake complete");
+    if (session.protocol === "monopiped1" && !this.warnedV1) {
       this.warnedV1 = true;
       log.warn(
         "serving the original monopiped protocol (monopiped1): its handshake reuses a nonce and its end of stream is not authenticated; see docs/SECURITY.md",
       );
     }
-    if (est.session.protocol === "spiped" && !this.notedSpiped) {
+    if (session.protocol === "spiped" && !this.notedSpiped) {
       this.notedSpiped = true;
       log.info(
         `speaking the spiped protocol${this.cfg.spiped?.noPfs ? " without forward secrecy (-f)" : ""}: its end of stream is not authenticated; see docs/SECURITY.md`,
       );
     }
-    return est;
   }
 
   // -------------------------------------------------------------------------------------------

@@ -5,10 +5,12 @@
  * with -n 2 a normal connection still works (no slot was leaked).
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import net from "node:net";
 import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import "../helpers/stop-all.js";
 import WebSocket from "ws";
 import type { LogLine, RunningEnd } from "../../src/harness.js";
@@ -17,6 +19,7 @@ import type { ProtocolName, Session } from "../../src/protocol/types.js";
 import { Fleet } from "../helpers/fleet.js";
 import { echoHandler, echoWithoutHalfClose } from "../helpers/net.js";
 
+const APP = fileURLToPath(new URL("../../../test/helpers/app.py", import.meta.url));
 const fleet = new Fleet();
 after(() => fleet.cleanup());
 const keys = prepareKeys(readFileSync(fleet.key));
@@ -175,4 +178,186 @@ describe("every connection ends, whenever its peer closes or resets", { concurre
       });
     }
   }
+});
+
+/** Runs test/helpers/app.py; resolves with its JSON lines. `onLine` sees each as it comes. */
+function app(
+  args: string[],
+  onLine?: (o: Record<string, unknown>) => void,
+): Promise<Record<string, unknown>[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("python3", [APP, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+    const lines: Record<string, unknown>[] = [];
+    let buf = "";
+    child.stdout.setEncoding("utf8");
+    child.stdout.on("data", (s: string) => {
+      buf += s;
+      for (let i = buf.indexOf("\n"); i >= 0; i = buf.indexOf("\n")) {
+        const o = JSON.parse(buf.slice(0, i)) as Record<string, unknown>;
+        buf = buf.slice(i + 1);
+        lines.push(o);
+        onLine?.(o);
+      }
+    });
+    child.on("error", reject);
+    child.on("exit", () => resolve(lines));
+  });
+}
+
+/** app.py serve on `port` (0: any); resolves once it listens, with its port and its final report. */
+async function appServe(
+  port: number,
+  args: string[],
+): Promise<{ port: number; report: Promise<Record<string, unknown>> }> {
+  let gotPort: (p: number) => void = () => {};
+  const listening = new Promise<number>((r) => {
+    gotPort = r;
+  });
+  const done = app(["serve", "127.0.0.1", String(port), ...args], (o) => {
+    if (typeof o.port === "number") gotPort(o.port);
+  });
+  const p = await Promise.race([listening, done.then(() => -1)]);
+  assert.ok(p > 0, "app.py serve listens");
+  return { port: p, report: done.then((lines) => lines[lines.length - 1]) };
+}
+
+describe("an application's reset right behind its data reaches the far side as a reset", {
+  concurrency: 1,
+}, () => {
+  const N = 200_000;
+  it("client application -> target, and target -> client application (10 times each)", async () => {
+    // A first serve picks a free port; every later one listens on the same port.
+    const first = await appServe(0, ["--timeout", "10"]);
+    const port = first.port;
+    const d = await fleet.end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${port}`, "-k", fleet.key]);
+    const e = await fleet.end(["-e", "-l", "127.0.0.1:0", "-t", d.address, "-k", fleet.key]);
+    const verdicts: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const target = i === 0 ? first : await appServe(port, ["--timeout", "10"]);
+      const client = await app([
+        "connect",
+        "127.0.0.1",
+        String(e.port),
+        "--send",
+        String(N),
+        "--then",
+        "rst",
+      ]);
+      assert.equal(client[0]?.end, "none");
+      const t = await target.report;
+      verdicts.push(`up ${t.received}: ${t.end}`);
+    }
+    for (let i = 0; i < 10; i++) {
+      const target = await appServe(port, ["--send", String(N), "--then", "rst"]);
+      const [c] = await app(["connect", "127.0.0.1", String(e.port), "--timeout", "10"]);
+      await target.report;
+      verdicts.push(`down ${c.received}: ${c.end}`);
+    }
+    const wrong = verdicts.filter((v) => !v.endsWith(": reset"));
+    assert.deepEqual(wrong, [], `clean ends instead of resets: ${verdicts.join(", ")}`);
+  });
+});
+
+describe("timeouts of a served connection", { concurrency: 1 }, () => {
+  it("--stall-timeout: a path that stops moving is cut on both ends, with one clear line", async () => {
+    const target = await fleet.server((s) => {
+      // Sends without end; the relay will stop taking it.
+      const chunk = Buffer.alloc(1 << 20);
+      const pushMore = () => {
+        while (s.writable && s.write(chunk));
+      };
+      s.on("drain", pushMore);
+      s.on("data", () => {});
+      pushMore();
+    });
+    const d = await fleet.end([
+      ..."-d -l 127.0.0.1:0 -k".split(" "),
+      fleet.key,
+      "-t",
+      `127.0.0.1:${target.port}`,
+      "--stall-timeout",
+      "2",
+    ]);
+    // A relay that stops forwarding but keeps both sockets open.
+    const frozen: net.Socket[] = [];
+    let freeze = false;
+    const relay = await fleet.server((client) => {
+      const up = net.connect({ host: "127.0.0.1", port: d.port, allowHalfOpen: true });
+      up.on("error", () => {});
+      frozen.push(client, up);
+      client.on("data", (b: Buffer) => {
+        if (!freeze && !up.write(b)) client.pause();
+      });
+      up.on("drain", () => !freeze && client.resume());
+      up.on("data", (b: Buffer) => {
+        if (!freeze && !client.write(b)) up.pause();
+      });
+      client.on("drain", () => !freeze && up.resume());
+    });
+    const e = await fleet.end([
+      ..."-e -l 127.0.0.1:0 -k".split(" "),
+      fleet.key,
+      "-t",
+      `127.0.0.1:${relay.port}`,
+      "--stall-timeout",
+      "2",
+    ]);
+    const s = net.connect({ host: "127.0.0.1", port: e.port, allowHalfOpen: true });
+    sockets.push(s);
+    s.on("error", () => {});
+    let got = 0;
+    await new Promise<void>((resolve) =>
+      s.on("data", (b: Buffer) => {
+        got += b.length;
+        if (got > 4 << 20) resolve();
+      }),
+    );
+    freeze = true;
+    for (const x of frozen) x.pause();
+    // The application keeps sending too, so the client end's queue towards the relay fills.
+    const big = Buffer.alloc(1 << 20);
+    const timer = setInterval(() => s.write(big), 50);
+    try {
+      const isStall = (l: LogLine) =>
+        /^connection ended: stalled: \d+ bytes queued towards .* made no progress for 2 s \(--stall-timeout\)/.test(
+          l.msg,
+        );
+      const [dl, el] = await Promise.all([d.waitForLog(isStall, 20_000), e.waitForLog(isStall, 20_000)]);
+      assert.match(dl.msg, /towards client/);
+      assert.match(el.msg, /towards server/);
+    } finally {
+      clearInterval(timer);
+      for (const x of frozen) x.destroy();
+    }
+  });
+
+  it("--idle-timeout: no byte either way for that long cuts the connection", async () => {
+    const target = await fleet.server(echoHandler);
+    const d = await fleet.end(["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${target.port}`, "-k", fleet.key]);
+    const e = await fleet.end([
+      "-e",
+      "-l",
+      "127.0.0.1:0",
+      "-t",
+      d.address,
+      "-k",
+      fleet.key,
+      "--idle-timeout",
+      "1",
+    ]);
+    const s = net.connect({ host: "127.0.0.1", port: e.port, allowHalfOpen: true });
+    sockets.push(s);
+    const ended = new Promise<string>((resolve) => {
+      s.on("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? "error"));
+      s.on("end", () => resolve("end"));
+    });
+    s.write("hello");
+    await new Promise((r) => s.once("data", r));
+    const t0 = Date.now();
+    assert.equal(await ended, "ECONNRESET", "the application sees a reset");
+    assert.ok(Date.now() - t0 < 10_000);
+    const line = await e.waitForLog((l) => /^connection ended: idle timeout/.test(l.msg));
+    assert.match(line.msg, /no data either way for 1 s \(--idle-timeout\)/);
+    await d.waitForLog((l) => /peer aborted: idle timeout/.test(String(l.reason)));
+  });
 });

@@ -1,16 +1,20 @@
 /**
  * Failures of connections that never authenticated (wrong key, timeouts, scanners, floods) are
- * counted, not logged one by one: the first of a quiet period is logged at once, the rest are
- * summed up in one line per interval. Each one's detail is still there at debug level. A flood of
+ * counted, not logged one by one: the first few (SUMMARY_BURST) of an interval are logged at once,
+ * the rest are summed up in one line per interval. Each one's detail is still there at debug level. A flood of
  * strangers therefore cannot drown the operator's log or trip journald's rate limit.
  */
 import type { Logger } from "./log.js";
 
 export const SUMMARY_INTERVAL_MS = 10_000;
+/** Failures logged in full per interval before the rest are only counted. */
+export const SUMMARY_BURST = 5;
 
 export class FailureSummary {
   private counts = new Map<string, number>();
   private timer: NodeJS.Timeout | null = null;
+  /** Logged in full in the current interval. */
+  private inFull = 0;
 
   /** `what` names the failures in the summary line, e.g. "connections failed before authenticating". */
   constructor(
@@ -21,20 +25,26 @@ export class FailureSummary {
 
   /** One failure: `reason` is a short class ("wrong key", "timeout"); `message` the full line. */
   note(reason: string, message: string, detail: Record<string, unknown> = {}): void {
-    this.log.debug(detail, message);
     if (this.timer === null) {
-      // Quiet until now: say it in full, then count for one interval.
-      this.log.warn(detail, message);
+      // Quiet until now: count for one interval from here.
+      this.inFull = 0;
       this.timer = setTimeout(() => this.flush(), this.intervalMs);
       this.timer.unref();
+    }
+    if (this.inFull < SUMMARY_BURST) {
+      // The first few of an interval are said in full.
+      this.inFull++;
+      this.log.warn(detail, message);
       return;
     }
+    this.log.debug(detail, message);
     this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
   }
 
   private flush(): void {
     this.timer = null;
     if (this.counts.size === 0) return;
+    this.inFull = SUMMARY_BURST; // still busy: the next interval is summed from its start
     let total = 0;
     const byReason: Record<string, number> = {};
     for (const [reason, n] of this.counts) {

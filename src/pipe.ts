@@ -9,8 +9,11 @@ const PIPE_HELP = `Usage: monopiped pipe -t ADDR|URL -k KEYFILE [options]
 
 The client end (-e) for one connection whose plain side is standard input and output, as spiped's
 spipe: stdin goes encrypted to the server end at -t, and what the server end's target answers comes
-out on stdout. End of stdin is passed on as end of stream; the reply still comes back. Exits 0 when
-the connection ended cleanly, 1 when it could not be made or broke (stderr says why), 2 on a usage
+out on stdout. End of stdin is passed on as end of stream; the reply still comes back. On SIGHUP or
+SIGTERM (ssh sends SIGHUP to its ProxyCommand when it exits), or when stdout's reader goes away, the
+connection ends as the session did: if stdin has ended (within 1 s), what the server still sends is
+dropped and the connection closes cleanly (within -o); otherwise it is aborted. Exits 0 when the
+connection ended cleanly, 1 when it could not be made or broke (stderr says why), 2 on a usage
 error. Takes the options of the client end (-t, -k, --protocol, -o, -b, -j, --log-level,
 --log-format and the WebSocket client options; see monopiped --help), logging warnings only by
 default.
@@ -39,7 +42,21 @@ export async function pipe(argv: string[]): Promise<number> {
   const cfg = withKeys(flags, log);
   if (!cfg) return 1;
   for (const warning of wsClientWarnings(cfg)) log.warn(warning);
-  const stdio = new StdioLink();
+  // A closed stderr (the terminal gone) must not turn a clean end into a crash.
+  process.stderr.on("error", () => {});
+  const stdio = new StdioLink(process.stdin, process.stdout, { closingMs: cfg.timeoutMs });
+  // The application went away: ssh sends SIGHUP to its ProxyCommand when it exits (having closed
+  // the pipes first); a supervisor sends SIGTERM. End the connection as the session ended (see
+  // StdioLink.hangUp); a second signal stops at once.
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled || !stdio.hangUp(signal)) {
+      log.warn(`${signal}${signalled ? " again" : " before the connection was made"}: stopping`);
+      process.exit(1);
+    }
+    signalled = true;
+  };
+  for (const signal of ["SIGHUP", "SIGTERM", "SIGINT"] as const) process.on(signal, onSignal);
   const clean = await new Tunnel(cfg, log).serveOne(stdio);
   await stdio.flushed();
   return clean ? 0 : 1;

@@ -10,6 +10,10 @@ CPython's socket module reads the error itself. Prints one JSON line and exits 0
 
 options:
   --send N        send N bytes (a repeating pattern) after connecting/accepting
+  --push N        send N bytes of the pattern piece by piece (never all of it in memory, so N may
+                  be 1 GiB); a reset or broken pipe while pushing ends the run with "end": "reset"
+                  (no more than --timeout S blocked: "timeout") instead of an exception; the
+                  report then also has "pushed": bytes sent
   --then ACTION   after sending: 'shut' (FIN, keep reading), 'rst' (reset at once, no reading),
                   'close' (close at once), or 'read' (default: keep reading until the end)
   --wait S        seconds to wait before ACTION (default 0)
@@ -34,9 +38,23 @@ def pattern(n):
     return bytes(out)
 
 
-def act(sock, send, then, wait, timeout):
+def act(sock, send, then, wait, timeout, push=0):
     if send:
         sock.sendall(pattern(send))
+    if push:
+        block = pattern(256 * 1024)
+        pushed = 0
+        try:
+            while pushed < push:
+                piece = block[: min(len(block), push - pushed)]
+                sock.sendall(piece)
+                pushed += len(piece)
+        except (ConnectionResetError, BrokenPipeError):
+            sock.close()
+            return {"received": 0, "sha256": hashlib.sha256(b"").hexdigest(), "end": "reset", "pushed": pushed}
+        except socket.timeout:
+            sock.close()
+            return {"received": 0, "sha256": hashlib.sha256(b"").hexdigest(), "end": "timeout", "pushed": pushed}
     if wait:
         time.sleep(wait)
     if then == "rst":
@@ -77,7 +95,7 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     mode, host, port = argv[0], argv[1], int(argv[2])
-    opts = {"--send": "0", "--then": "read", "--wait": "0", "--timeout": "20"}
+    opts = {"--send": "0", "--push": "0", "--then": "read", "--wait": "0", "--timeout": "20"}
     rest = argv[3:]
     for i in range(0, len(rest), 2):
         if rest[i] not in opts or i + 1 >= len(rest):
@@ -98,7 +116,10 @@ def main(argv):
         srv.settimeout(60)
         sock, _ = srv.accept()
         srv.close()
-    print(json.dumps(act(sock, send, then, wait, timeout)), flush=True)
+    report = act(sock, send, then, wait, timeout, int(opts["--push"]))
+    if int(opts["--push"]) and "pushed" not in report:
+        report["pushed"] = int(opts["--push"])
+    print(json.dumps(report), flush=True)
     return 0
 
 

@@ -40,7 +40,8 @@ export function chartSvg(results: SystemResult[], title: string, subtitle: strin
   const height = TOP + rows.length * ROW + 50;
   const width = LABEL_W + 2 * PANEL_W + GAP + 20;
   const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12" role="img">`,
+    `<title>${esc(title)}: CPU-seconds per GiB and Gbit/s per system</title>`,
     `<rect width="${width}" height="${height}" fill="#fff"/>`,
     `<text x="10" y="20" font-size="15" font-weight="bold">${esc(title)}</text>`,
     `<text x="10" y="38" fill="#555">${esc(subtitle)}</text>`,

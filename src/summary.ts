@@ -21,6 +21,8 @@ export class FailureSummary {
     private readonly log: Logger,
     private readonly what: string,
     private readonly intervalMs = SUMMARY_INTERVAL_MS,
+    /** Failures logged in full per interval (the first one alone, where they all say the same). */
+    private readonly burst = SUMMARY_BURST,
   ) {}
 
   /** One failure: `reason` is a short class ("wrong key", "timeout"); `message` the full line. */
@@ -31,7 +33,7 @@ export class FailureSummary {
       this.timer = setTimeout(() => this.flush(), this.intervalMs);
       this.timer.unref();
     }
-    if (this.inFull < SUMMARY_BURST) {
+    if (this.inFull < this.burst) {
       // The first few of an interval are said in full.
       this.inFull++;
       this.log.warn(detail, message);

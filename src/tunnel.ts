@@ -23,7 +23,7 @@ import { type PendingEntry, PendingSet } from "./pending.js";
 import { createHandshake, prepareProtocol } from "./protocol/index.js";
 import type { Session } from "./protocol/types.js";
 import { type PumpHandle, type PumpResult, pump } from "./pump.js";
-import { FailureSummary } from "./summary.js";
+import { FailureSummary, SUMMARY_INTERVAL_MS } from "./summary.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
 import { DISCARD, type Link, type Listener, OwnedLink } from "./transport/link.js";
 import { MAX_PROXY_HEADER, parseProxyHeader } from "./transport/proxyproto.js";
@@ -69,6 +69,8 @@ export class Tunnel {
   private sweeper: NodeJS.Timeout | null = null;
   private readonly strangers: FailureSummary;
   private readonly refusals: FailureSummary;
+  /** Connections that failed for want of file descriptors: a burst of them is one line, not one each. */
+  private readonly outOfFds: FailureSummary;
   private seq = 0;
   private limitWarned = false;
   private evictWarned = false;
@@ -87,6 +89,12 @@ export class Tunnel {
     this.pending = new PendingSet(cfg.mode === "decrypt" ? cfg.maxPending : 0);
     this.strangers = new FailureSummary(log, "connections failed before authenticating");
     this.refusals = new FailureSummary(log, "connections refused (no free slot)");
+    this.outOfFds = new FailureSummary(
+      log,
+      "connections failed: out of file descriptors",
+      SUMMARY_INTERVAL_MS,
+      1,
+    );
     const encTransport =
       cfg.mode === "decrypt"
         ? cfg.wsListen
@@ -347,10 +355,7 @@ export class Tunnel {
         const why = `target ${(err as Error).message}`;
         // Tell the authenticated client why, where the protocol can carry it.
         this.refuseAuthenticated(conn, session, why.replace(/^target /, "server's target: "));
-        log.warn(
-          { peer, protocol: session.protocol, durationMs: Date.now() - started, reason: why },
-          `connection failed: ${why}`,
-        );
+        this.logFailure(log, why, { peer, protocol: session.protocol, durationMs: Date.now() - started });
         this.observer.connectionClosed(this.labels, session.protocol, "refused-by-target", seconds(), 0, 0);
         return false;
       }
@@ -371,6 +376,13 @@ export class Tunnel {
       if (plain) this.servedLinks.delete(plain);
       this.releaseSlot();
     }
+  }
+
+  /** A connection that could not be set up; running out of descriptors is summed up, not repeated. */
+  private logFailure(log: Logger, reason: string, fields: Record<string, unknown>): void {
+    if (/\b(EMFILE|ENFILE)\b/.test(reason))
+      this.outOfFds.note("EMFILE", `connection failed: ${reason}`, { ...fields, reason });
+    else log.warn({ ...fields, reason }, `connection failed: ${reason}`);
   }
 
   /** An authenticated connection that will not be served: ABORT with the reason, then a FIN. */
@@ -442,7 +454,7 @@ export class Tunnel {
           0,
           0,
         );
-        log.warn({ peer, durationMs: Date.now() - started, reason }, `connection failed: ${reason}`);
+        this.logFailure(log, reason, { peer, durationMs: Date.now() - started });
         return false;
       }
       this.observer.handshakeDone(this.labels, est.session.protocol, (Date.now() - started) / 1000);

@@ -182,6 +182,9 @@ export function connectErrorText(what: string, err: NodeJS.ErrnoException): stri
       return `${what} is unreachable (${err.code})`;
     case "ETIMEDOUT":
       return `timeout connecting to ${what}`;
+    case "EMFILE":
+    case "ENFILE":
+      return `cannot connect to ${what}: out of file descriptors (${err.code}): raise the limit (ulimit -n, LimitNOFILE=) or lower -n`;
     default:
       return `cannot connect to ${what}: ${err.message}`;
   }

@@ -29,6 +29,11 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+// A long-running end treats SIGHUP as "re-read the key files" (src/run.ts); until run() has its
+// handler in place, a SIGHUP must not end the process, as it would by default.
+const sub = process.argv[2];
+if (sub !== "pipe" && sub !== "keygen" && sub !== "demo" && sub !== "bench") process.on("SIGHUP", () => {});
+
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err) => {

@@ -324,6 +324,16 @@ describe("pidfile", () => {
   });
 });
 
+describe("listen addresses", () => {
+  it("a Unix socket in a directory that does not exist says so (it said 'permission denied')", () => {
+    const sock = join(dir, "no-such-dir", "end.sock");
+    const r = cli("-e", "-l", sock, "-t", "127.0.0.1:9", "-k", key);
+    assert.equal(r.code, 1);
+    assert.match(r.err, /cannot listen on .*no-such-dir\/end\.sock: the directory .*no-such-dir does not exist/);
+    assert.doesNotMatch(r.err, /permission denied/);
+  });
+});
+
 describe("keygen", () => {
   it("writes 32 random bytes with mode 0600 and refuses to overwrite without --force", () => {
     const p = join(dir, "new.bin");
@@ -380,10 +390,10 @@ describe("help and version", () => {
       assert.ok(readFileSync(bin, "utf8").includes(flag), `bin/monopiped.js has ${flag}`);
     const link = join(dir, "monopiped");
     symlinkSync(bin, link);
-    const r = spawnSync(link, ["--version"], { encoding: "utf8", timeout: 20_000 });
+    const r = spawnSync(link, ["--version"], { encoding: "utf8", timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^monopiped \d+\.\d+\.\d+/);
-    const usage = spawnSync(link, ["pipe", "-l", "x"], { encoding: "utf8", timeout: 20_000 });
+    const usage = spawnSync(link, ["pipe", "-l", "x"], { encoding: "utf8", timeout: 60_000 });
     assert.equal(usage.status, 2, "arguments and the exit status pass through the wrapper");
   });
   it("pipe --help teaches spipe-style use", () => {

@@ -329,7 +329,10 @@ describe("listen addresses", () => {
     const sock = join(dir, "no-such-dir", "end.sock");
     const r = cli("-e", "-l", sock, "-t", "127.0.0.1:9", "-k", key);
     assert.equal(r.code, 1);
-    assert.match(r.err, /cannot listen on .*no-such-dir\/end\.sock: the directory .*no-such-dir does not exist/);
+    assert.match(
+      r.err,
+      /cannot listen on .*no-such-dir\/end\.sock: the directory .*no-such-dir does not exist/,
+    );
     assert.doesNotMatch(r.err, /permission denied/);
   });
 });

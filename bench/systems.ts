@@ -189,10 +189,10 @@ function ours(protocol: string, transport: "tcp" | "ws", extra: Partial<SystemDe
     unavailable: () => null,
     async start(env, targetPort) {
       const node = this.node ?? nodeBinaries()[0];
-      // The server end runs with its default --protocol (auto: serves every protocol), as deployed;
-      // spiped cannot be detected, so its server end is told.
+      // The server end is told the protocol, as deployed: its default serves monopiped2 only
+      // (replay-safe), and spiped clients cannot be detected.
       const common = ["-k", env.keyFile, "-n", "0", "--grace", "2"];
-      const serverProtocol = protocol === "spiped" ? ["--protocol", "spiped"] : [];
+      const serverProtocol = ["--protocol", protocol];
       const server = await startOurEnd(
         `${protocol}/${transport} -d`,
         env,

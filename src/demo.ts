@@ -87,9 +87,9 @@ export async function demo(argv: string[]): Promise<number> {
   const ends: RunningEnd[] = [];
   try {
     const targetPort = (target.address() as net.AddressInfo).port;
-    // The server's default (auto) serves monopiped2 and monopiped1; a spiped client needs it said.
+    // Both ends speak the protocol asked for (the server's default is monopiped2 only).
     const serverArgs = ["-d", "-l", "127.0.0.1:0", "-t", `127.0.0.1:${targetPort}`, "-k", key];
-    if (values.protocol?.toLowerCase() === "spiped") serverArgs.push("--protocol", "spiped");
+    if (values.protocol) serverArgs.push("--protocol", values.protocol);
     const server = await startEnd(serverArgs);
     ends.push(server);
     const clientArgs = ["-e", "-l", "127.0.0.1:0", "-t", server.address, "-k", key];

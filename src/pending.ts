@@ -15,8 +15,14 @@ export class PendingSet {
   /** Connections evicted since start (for logs and metrics). */
   evicted = 0;
 
-  /** `cap` <= 0 means no cap. */
-  constructor(readonly cap: number) {}
+  /**
+   * `cap` <= 0 means no cap. `onChange` hears the count after every change, whoever made it (the
+   * tunnel's handshakes and the -w listener's not-yet-upgraded connections alike), for metrics.
+   */
+  constructor(
+    readonly cap: number,
+    private readonly onChange: (size: number) => void = () => {},
+  ) {}
 
   get size(): number {
     return this.entries.size;
@@ -31,10 +37,13 @@ export class PendingSet {
       oldest.evict();
     }
     this.entries.add(entry);
+    this.onChange(this.entries.size);
   }
 
   /** It authenticated, or it is gone: stop counting it. True if it was counted. */
   delete(entry: PendingEntry): boolean {
-    return this.entries.delete(entry);
+    if (!this.entries.delete(entry)) return false;
+    this.onChange(this.entries.size);
+    return true;
   }
 }

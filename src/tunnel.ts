@@ -86,7 +86,9 @@ export class Tunnel {
     private readonly log: Logger,
     private readonly observer: TunnelObserver = NO_OBSERVER,
   ) {
-    this.pending = new PendingSet(cfg.mode === "decrypt" ? cfg.maxPending : 0);
+    this.pending = new PendingSet(cfg.mode === "decrypt" ? cfg.maxPending : 0, (n) =>
+      this.observer.pending(n),
+    );
     this.strangers = new FailureSummary(log, "connections failed before authenticating");
     this.refusals = new FailureSummary(log, "connections refused (no free slot)");
     this.outOfFds = new FailureSummary(
@@ -283,7 +285,6 @@ export class Tunnel {
     };
     this.pending.add(entry);
     this.pendingLinks.add(conn);
-    this.observer.pending(this.pending.size);
     if (this.pending.evicted > 0 && !this.evictWarned) {
       this.evictWarned = true;
       this.log.warn(
@@ -294,7 +295,6 @@ export class Tunnel {
     const leavePending = () => {
       this.pending.delete(entry);
       this.pendingLinks.delete(conn);
-      this.observer.pending(this.pending.size);
     };
 
     let est: Established;

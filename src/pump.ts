@@ -84,7 +84,7 @@ export function pump(
       plain.reset();
       finish(reason, false);
     };
-    stats.cut = (reason, tellPeer) => fail(reason, tellPeer);
+    stats.cut = fail;
 
     /** Sealing can throw (a nonce counter at its limit): the connection fails, closed without END. */
     const sealed = (what: () => Buffer[]): Buffer[] | null => {

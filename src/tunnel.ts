@@ -59,6 +59,13 @@ interface Served extends PumpHandle {
   encStall: StallMark | null;
 }
 
+/** What the end of a pumped connection is logged with. */
+interface Ended {
+  session: Session;
+  log: Logger;
+  started: number;
+}
+
 interface Waiter {
   grant(): void;
   fail(why: string): void;
@@ -466,7 +473,11 @@ export class Tunnel {
     }
   }
 
-  private async pumpAndLog(
+  /**
+   * Pump a connection, then log and count how it ended. Not an async function: an idle connection
+   * waits here for its whole life, and a suspended async frame costs more than the record alone.
+   */
+  private pumpAndLog(
     plain: OwnedLink,
     enc: OwnedLink,
     session: Session,
@@ -492,12 +503,22 @@ export class Tunnel {
     const running = pump(plain, enc, session, { rest, handle: s });
     this.served.add(s);
     this.startSweeper();
-    let result: PumpResult;
-    try {
-      result = await running;
-    } finally {
-      this.served.delete(s);
-    }
+    const ended: Ended = { session, log, started };
+    return running.then(
+      (result) => {
+        this.served.delete(s);
+        return this.logEnded(s, ended, result);
+      },
+      (err: unknown) => {
+        this.served.delete(s);
+        throw err;
+      },
+    );
+  }
+
+  /** A pumped connection ended: let its sockets finish closing, log and count how it ended. */
+  private logEnded(s: Served, { session, log, started }: Ended, result: PumpResult): boolean {
+    const { plain, enc, peer } = s;
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
     log[level](

@@ -70,7 +70,8 @@ function onLinkClose(this: Link, err?: Error): void {
  */
 export class OwnedLink {
   private owner: LinkHandlers | null = null;
-  private readonly held: HeldEvent[] = [];
+  /** Events waiting for an owner (allocated only when one has to wait). */
+  private held: HeldEvent[] | null = null;
   private flushScheduled = false;
   /** The peer's end of stream was seen (delivered or held). */
   ended = false;
@@ -140,20 +141,22 @@ export class OwnedLink {
    */
   own(handlers: LinkHandlers | null): void {
     this.owner = handlers;
-    if (handlers && this.held.length > 0 && !this.flushScheduled) {
+    if (handlers && this.held !== null && this.held.length > 0 && !this.flushScheduled) {
       this.flushScheduled = true;
       process.nextTick(() => this.flush());
     }
   }
 
   private dispatch(ev: HeldEvent): void {
-    if (this.owner && this.held.length === 0) this.deliver(this.owner, ev);
-    else this.held.push(ev);
+    if (this.owner && (this.held === null || this.held.length === 0)) this.deliver(this.owner, ev);
+    else (this.held ??= []).push(ev);
   }
 
   private flush(): void {
     this.flushScheduled = false;
-    while (this.owner && this.held.length > 0) this.deliver(this.owner, this.held.shift() as HeldEvent);
+    while (this.owner && this.held !== null && this.held.length > 0)
+      this.deliver(this.owner, this.held.shift() as HeldEvent);
+    if (this.held !== null && this.held.length === 0) this.held = null;
   }
 
   private deliver(to: LinkHandlers, ev: HeldEvent): void {

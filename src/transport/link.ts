@@ -149,7 +149,8 @@ export class OwnedLink {
 
   private dispatch(ev: HeldEvent): void {
     if (this.owner && (this.held === null || this.held.length === 0)) this.deliver(this.owner, ev);
-    else (this.held ??= []).push(ev);
+    else if (this.held === null) this.held = [ev];
+    else this.held.push(ev);
   }
 
   private flush(): void {

@@ -12,7 +12,7 @@
  */
 import { ProtocolError } from "./protocol/errors.js";
 import type { Session } from "./protocol/types.js";
-import { DISCARD, type OwnedLink } from "./transport/link.js";
+import { DISCARD, type LinkHandlers, type OwnedLink } from "./transport/link.js";
 
 export interface PumpResult {
   /** Plain bytes read from the application and sent through the tunnel. */
@@ -51,195 +51,269 @@ export function pump(
   opts: PumpOptions = {},
 ): Promise<PumpResult> {
   return new Promise((resolve) => {
-    const { sealer, opener } = session;
+    new Pump(plain, enc, session, opts, resolve).start(opts.rest);
+  });
+}
+
+/**
+ * One connection's pump. A class rather than closures: an idle connection holds its pump for its
+ * whole life, and one object with shared methods costs far less than a dozen closures.
+ */
+class Pump {
+  private readonly sealer: Session["sealer"];
+  private readonly opener: Session["opener"];
+  private readonly stats: PumpHandle;
+  private upDone = false; // application -> tunnel finished (end of stream sent)
+  private downDone = false; // tunnel -> application finished (end of stream received)
+  private settled = false;
+  // application -> tunnel
+  // Node reads 65,536 bytes at a time and a record holds at most maxPlaintext (65,535 for
+  // monopiped2): the few bytes past whole records are carried into the next read instead of
+  // costing a record of their own, and sent on their own one event-loop turn later if no read
+  // follows, so interactive traffic is not held back.
+  private carry: Buffer | null = null;
+  private flushScheduled = false;
+
+  constructor(
+    private readonly plain: OwnedLink,
+    private readonly enc: OwnedLink,
+    private readonly session: Session,
+    opts: PumpOptions,
+    private readonly resolve: (r: PumpResult) => void,
+  ) {
+    this.sealer = session.sealer;
+    this.opener = session.opener;
     const stats: PumpHandle = opts.handle ?? { sent: 0, received: 0, cut: () => {} };
     stats.sent = 0;
     stats.received = 0;
-    let upDone = false; // application -> tunnel finished (end of stream sent)
-    let downDone = false; // tunnel -> application finished (end of stream received)
-    let settled = false;
+    stats.cut = (reason, tellPeer) => this.fail(reason, tellPeer);
+    this.stats = stats;
+  }
 
-    const finish = (reason: string, clean: boolean) => {
-      if (settled) return;
-      settled = true;
-      plain.own(DISCARD);
-      enc.own(DISCARD);
-      resolve({ sent: stats.sent, received: stats.received, reason, clean });
-    };
+  start(rest: Buffer | undefined): void {
+    this.plain.own(new PlainSide(this));
+    this.enc.own(new EncSide(this));
+    if (rest && rest.length > 0) this.onEncData(rest);
+    if (this.settled) return;
+    this.plain.resume();
+    this.enc.resume();
+  }
 
-    /** Tear down after a failure: the application sees a reset, the peer an abort where the protocol can say it. */
-    const fail = (reason: string, tellPeer: string | null) => {
-      if (settled) return;
-      if (tellPeer !== null) {
-        try {
-          const records = sealer.abort(tellPeer);
-          if (records.length > 0) {
-            enc.send(records);
-            enc.endWrite();
-          } else enc.reset();
-        } catch {
-          enc.reset();
-        }
-      } else enc.reset();
-      plain.reset();
-      finish(reason, false);
-    };
-    stats.cut = (reason, tellPeer) => fail(reason, tellPeer);
+  private finish(reason: string, clean: boolean): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.plain.own(DISCARD);
+    this.enc.own(DISCARD);
+    this.resolve({ sent: this.stats.sent, received: this.stats.received, reason, clean });
+  }
 
-    /** Sealing can throw (a nonce counter at its limit): the connection fails, closed without END. */
-    const sealed = (what: () => Buffer[]): Buffer[] | null => {
+  /** Tear down after a failure: the application sees a reset, the peer an abort where the protocol can say it. */
+  fail(reason: string, tellPeer: string | null): void {
+    if (this.settled) return;
+    const enc = this.enc;
+    if (tellPeer !== null) {
       try {
-        return what();
-      } catch (err) {
-        fail(`cannot seal a record: ${err instanceof Error ? err.message : String(err)}`, null);
-        return null;
+        const records = this.sealer.abort(tellPeer);
+        if (records.length > 0) {
+          enc.send(records);
+          enc.endWrite();
+        } else enc.reset();
+      } catch {
+        enc.reset();
       }
-    };
+    } else enc.reset();
+    this.plain.reset();
+    this.finish(reason, false);
+  }
 
-    const maybeDone = () => {
-      if (!upDone || !downDone) return;
-      // Both ends of stream are through: close the encrypted leg (for monopiped2 this is the first
-      // FIN; for the compatibility protocols the FIN already went out as their end of stream).
-      if (session.authenticatedEnd) enc.endWrite();
-      finish("closed", true);
-    };
+  /** Sealing can throw (a nonce counter at its limit): the connection fails, closed without END. */
+  private sealFailed(err: unknown): null {
+    this.fail(`cannot seal a record: ${err instanceof Error ? err.message : String(err)}`, null);
+    return null;
+  }
 
-    // application -> tunnel
-    // Node reads 65,536 bytes at a time and a record holds at most maxPlaintext (65,535 for
-    // monopiped2): the few bytes past whole records are carried into the next read instead of
-    // costing a record of their own, and sent on their own one event-loop turn later if no read
-    // follows, so interactive traffic is not held back.
-    let carry: Buffer | null = null;
-    let flushScheduled = false;
-    const sealAndSend = (plainBytes: Buffer, carried?: Buffer) => {
-      const records = sealed(() => sealer.seal(plainBytes, carried));
-      if (records && !enc.send(records)) plain.pause();
-    };
-    const flushCarry = () => {
-      flushScheduled = false;
-      if (!carry || settled) return;
-      const rest = carry;
-      carry = null;
-      sealAndSend(rest);
-    };
-    const onPlainData = (chunk: Buffer) => {
-      if (settled) return;
-      stats.sent += chunk.length;
-      // The carried bytes go in front of this read; the sealer takes both without joining them.
-      const carried = carry ?? undefined;
-      carry = null;
-      const total = (carried?.length ?? 0) + chunk.length;
-      const tail = total % sealer.maxPlaintext;
-      let bytes = chunk;
-      // Only where records are large (monopiped2): for small fixed frames a carried tail saves
-      // little. The tail always lies within this read, since a carry is shorter than a record.
-      if (sealer.maxPlaintext >= 16384 && total > sealer.maxPlaintext && tail !== 0) {
-        carry = chunk.subarray(chunk.length - tail);
-        bytes = chunk.subarray(0, chunk.length - tail);
-        if (!flushScheduled) {
-          flushScheduled = true;
-          setImmediate(flushCarry);
-        }
-      }
-      sealAndSend(bytes, carried);
-    };
-    const onPlainEnd = () => {
-      if (settled || upDone) return;
-      flushCarry();
-      if (settled) return;
-      upDone = true;
-      const records = sealed(() => sealer.end());
-      if (records === null) return;
-      if (records.length > 0) enc.send(records);
-      if (!session.authenticatedEnd) enc.endWrite();
-      maybeDone();
-    };
+  private maybeDone(): void {
+    if (!this.upDone || !this.downDone) return;
+    // Both ends of stream are through: close the encrypted leg (for monopiped2 this is the first
+    // FIN; for the compatibility protocols the FIN already went out as their end of stream).
+    if (this.session.authenticatedEnd) this.enc.endWrite();
+    this.finish("closed", true);
+  }
 
-    // tunnel -> application
-    const deliver = (chunk: Buffer) => {
-      if (enc.messageFramed && session.fixedRecordSize && chunk.length !== session.fixedRecordSize) {
-        throw new ProtocolError(
-          "bad-framing",
-          `WebSocket message of ${chunk.length} bytes, expected ${session.fixedRecordSize}`,
-        );
+  private sealAndSend(plainBytes: Buffer, carried?: Buffer): void {
+    let records: Buffer[];
+    try {
+      records = this.sealer.seal(plainBytes, carried);
+    } catch (err) {
+      this.sealFailed(err);
+      return;
+    }
+    if (!this.enc.send(records)) this.plain.pause();
+  }
+
+  flushCarry(): void {
+    this.flushScheduled = false;
+    if (!this.carry || this.settled) return;
+    const rest = this.carry;
+    this.carry = null;
+    this.sealAndSend(rest);
+  }
+
+  onPlainData(chunk: Buffer): void {
+    if (this.settled) return;
+    const sealer = this.sealer;
+    this.stats.sent += chunk.length;
+    // The carried bytes go in front of this read; the sealer takes both without joining them.
+    const carried = this.carry ?? undefined;
+    this.carry = null;
+    const total = (carried?.length ?? 0) + chunk.length;
+    const tail = total % sealer.maxPlaintext;
+    let bytes = chunk;
+    // Only where records are large (monopiped2): for small fixed frames a carried tail saves
+    // little. The tail always lies within this read, since a carry is shorter than a record.
+    if (sealer.maxPlaintext >= 16384 && total > sealer.maxPlaintext && tail !== 0) {
+      this.carry = chunk.subarray(chunk.length - tail);
+      bytes = chunk.subarray(0, chunk.length - tail);
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(flushCarryOf, this);
       }
-      const events = opener.push(chunk);
-      if (enc.messageFramed && opener.buffered !== 0) {
-        throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
-      }
-      // Sends of one turn of the event loop leave in one vectored write (the link corks itself).
-      for (const ev of events) {
-        if (ev.type === "data") {
-          if (ev.data.length === 0) continue;
-          stats.received += ev.data.length;
-          if (!plain.send([ev.data])) enc.pause();
-        } else if (ev.type === "end") {
-          downDone = true;
-          plain.endWrite();
-          maybeDone();
-        } else {
-          fail(`peer aborted: ${ev.reason}`, null);
-          return;
-        }
-      }
-    };
-    const onEncData = (chunk: Buffer) => {
-      if (settled) return;
-      try {
-        deliver(chunk);
-      } catch (err) {
-        const why = err instanceof ProtocolError ? err.message : String(err);
-        fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
-      }
-    };
-    const onEncEnd = () => {
-      if (settled || downDone) return;
-      if (session.authenticatedEnd) {
-        fail("encrypted connection cut: it ended without an end-of-stream record (truncated)", null);
+    }
+    this.sealAndSend(bytes, carried);
+  }
+
+  onPlainEnd(): void {
+    if (this.settled || this.upDone) return;
+    this.flushCarry();
+    if (this.settled) return;
+    this.upDone = true;
+    let records: Buffer[];
+    try {
+      records = this.sealer.end();
+    } catch (err) {
+      this.sealFailed(err);
+      return;
+    }
+    if (records.length > 0) this.enc.send(records);
+    if (!this.session.authenticatedEnd) this.enc.endWrite();
+    this.maybeDone();
+  }
+
+  onPlainDrain(): void {
+    if (!this.downDone) this.enc.resume();
+  }
+
+  onPlainClose(err?: Error): void {
+    if (this.settled) return;
+    this.fail(
+      `application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`,
+      "the application reset its connection",
+    );
+  }
+
+  // tunnel -> application
+  private deliver(chunk: Buffer): void {
+    const { enc, plain, session, opener } = this;
+    if (enc.messageFramed && session.fixedRecordSize && chunk.length !== session.fixedRecordSize) {
+      throw new ProtocolError(
+        "bad-framing",
+        `WebSocket message of ${chunk.length} bytes, expected ${session.fixedRecordSize}`,
+      );
+    }
+    const events = opener.push(chunk);
+    if (enc.messageFramed && opener.buffered !== 0) {
+      throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
+    }
+    // Sends of one turn of the event loop leave in one vectored write (the link corks itself).
+    for (const ev of events) {
+      if (ev.type === "data") {
+        if (ev.data.length === 0) continue;
+        this.stats.received += ev.data.length;
+        if (!plain.send([ev.data])) enc.pause();
+      } else if (ev.type === "end") {
+        this.downDone = true;
+        plain.endWrite();
+        this.maybeDone();
+      } else {
+        this.fail(`peer aborted: ${ev.reason}`, null);
         return;
       }
-      // Compatibility protocols: the transport's end is the end of stream (unauthenticated).
-      downDone = true;
-      if (opener.buffered > 0) {
-        fail(`encrypted connection ended inside a record (${opener.buffered} bytes left over)`, null);
-        return;
-      }
-      plain.endWrite();
-      maybeDone();
-    };
+    }
+  }
 
-    plain.own({
-      data: onPlainData,
-      drain: () => {
-        if (!downDone) enc.resume();
-      },
-      end: onPlainEnd,
-      close: (err?: Error) => {
-        if (settled) return;
-        fail(
-          `application connection ${err ? `failed: ${err.message}` : "closed abruptly"}`,
-          "the application reset its connection",
-        );
-      },
-    });
-    enc.own({
-      data: onEncData,
-      drain: () => {
-        if (!upDone) plain.resume();
-      },
-      end: onEncEnd,
-      close: (err?: Error) => {
-        if (settled) return;
-        fail(
-          `encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`,
-          null,
-        );
-      },
-    });
+  onEncData(chunk: Buffer): void {
+    if (this.settled) return;
+    try {
+      this.deliver(chunk);
+    } catch (err) {
+      const why = err instanceof ProtocolError ? err.message : String(err);
+      this.fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
+    }
+  }
 
-    if (opts.rest && opts.rest.length > 0) onEncData(opts.rest);
-    if (settled) return;
-    plain.resume();
-    enc.resume();
-  });
+  onEncEnd(): void {
+    if (this.settled || this.downDone) return;
+    if (this.session.authenticatedEnd) {
+      this.fail("encrypted connection cut: it ended without an end-of-stream record (truncated)", null);
+      return;
+    }
+    // Compatibility protocols: the transport's end is the end of stream (unauthenticated).
+    this.downDone = true;
+    if (this.opener.buffered > 0) {
+      this.fail(`encrypted connection ended inside a record (${this.opener.buffered} bytes left over)`, null);
+      return;
+    }
+    this.plain.endWrite();
+    this.maybeDone();
+  }
+
+  onEncDrain(): void {
+    if (!this.upDone) this.plain.resume();
+  }
+
+  onEncClose(err?: Error): void {
+    if (this.settled) return;
+    this.fail(
+      `encrypted connection ${err ? `failed: ${err.message}` : "closed before the end of stream (truncated)"}`,
+      null,
+    );
+  }
+}
+
+function flushCarryOf(p: Pump): void {
+  p.flushCarry();
+}
+
+/** The plain link's events, handed to the pump. */
+class PlainSide implements LinkHandlers {
+  constructor(private readonly p: Pump) {}
+  data(chunk: Buffer): void {
+    this.p.onPlainData(chunk);
+  }
+  drain(): void {
+    this.p.onPlainDrain();
+  }
+  end(): void {
+    this.p.onPlainEnd();
+  }
+  close(err?: Error): void {
+    this.p.onPlainClose(err);
+  }
+}
+
+/** The encrypted link's events, handed to the pump. */
+class EncSide implements LinkHandlers {
+  constructor(private readonly p: Pump) {}
+  data(chunk: Buffer): void {
+    this.p.onEncData(chunk);
+  }
+  drain(): void {
+    this.p.onEncDrain();
+  }
+  end(): void {
+    this.p.onEncEnd();
+  }
+  close(err?: Error): void {
+    this.p.onEncClose(err);
+  }
 }

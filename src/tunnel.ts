@@ -36,17 +36,34 @@ const MAX_WAITING = 1024;
 /** How often the idle and stall timeouts are checked. */
 const SWEEP_MS = 1000;
 
-/** A connection being pumped, as the idle/stall sweeper sees it. */
-interface Served {
+/** Where a link's queue stood when it was last seen moving (for --stall-timeout). */
+interface StallMark {
+  sent: number;
+  since: number;
+}
+
+/**
+ * A connection being pumped, as the idle/stall sweeper sees it; it is also the pump's handle (its
+ * counters and cut()). Kept small: an idle connection holds one of these for its whole life.
+ */
+interface Served extends PumpHandle {
   plain: OwnedLink;
   enc: OwnedLink;
-  handle: PumpHandle;
-  /** What the plain link is, for the stall message ("the application 127.0.0.1:5000"). */
-  plainName: string;
-  encName: string;
+  /** The tunnel's role, and the peer: the names in a stall message are made from them when needed. */
+  client: boolean;
+  peer: string;
   lastBytes: number;
   lastActive: number;
-  stall: Map<OwnedLink, { sent: number; since: number }>;
+  /** Stall marks of the plain and the encrypted link, while each has bytes queued. */
+  plainStall: StallMark | null;
+  encStall: StallMark | null;
+}
+
+/** What the end of a pumped connection is logged with. */
+interface Ended {
+  session: Session;
+  log: Logger;
+  started: number;
 }
 
 interface Waiter {
@@ -360,17 +377,7 @@ export class Tunnel {
         return false;
       }
       this.servedLinks.add(plain);
-      return await this.pumpAndLog(
-        plain,
-        conn,
-        session,
-        rest,
-        log,
-        peer,
-        started,
-        "the application",
-        `client ${peer}`,
-      );
+      return await this.pumpAndLog(plain, conn, session, rest, log, peer, started, false);
     } finally {
       this.servedLinks.delete(conn);
       if (plain) this.servedLinks.delete(plain);
@@ -458,17 +465,7 @@ export class Tunnel {
         return false;
       }
       this.observer.handshakeDone(this.labels, est.session.protocol, (Date.now() - started) / 1000);
-      return await this.pumpAndLog(
-        plain,
-        enc,
-        est.session,
-        est.rest,
-        log,
-        peer,
-        started,
-        `the application ${peer}`,
-        `server ${this.cfg.target.text}`,
-      );
+      return await this.pumpAndLog(plain, enc, est.session, est.rest, log, peer, started, true);
     } finally {
       this.servedLinks.delete(plain);
       if (enc) this.servedLinks.delete(enc);
@@ -476,7 +473,11 @@ export class Tunnel {
     }
   }
 
-  private async pumpAndLog(
+  /**
+   * Pump a connection, then log and count how it ended. Not an async function: an idle connection
+   * waits here for its whole life, and a suspended async frame costs more than the record alone.
+   */
+  private pumpAndLog(
     plain: OwnedLink,
     enc: OwnedLink,
     session: Session,
@@ -484,29 +485,40 @@ export class Tunnel {
     log: Logger,
     peer: string,
     started: number,
-    plainName: string,
-    encName: string,
+    client: boolean,
   ): Promise<boolean> {
-    const handle: PumpHandle = { sent: 0, received: 0, cut: () => {} };
     const s: Served = {
+      sent: 0,
+      received: 0,
+      cut: noCut,
       plain,
       enc,
-      handle,
-      plainName,
-      encName,
+      client,
+      peer,
       lastBytes: 0,
       lastActive: Date.now(),
-      stall: new Map(),
+      plainStall: null,
+      encStall: null,
     };
-    const running = pump(plain, enc, session, { rest, handle });
+    const running = pump(plain, enc, session, { rest, handle: s });
     this.served.add(s);
     this.startSweeper();
-    let result: PumpResult;
-    try {
-      result = await running;
-    } finally {
-      this.served.delete(s);
-    }
+    const ended: Ended = { session, log, started };
+    return running.then(
+      (result) => {
+        this.served.delete(s);
+        return this.logEnded(s, ended, result);
+      },
+      (err: unknown) => {
+        this.served.delete(s);
+        throw err;
+      },
+    );
+  }
+
+  /** A pumped connection ended: let its sockets finish closing, log and count how it ended. */
+  private logEnded(s: Served, { session, log, started }: Ended, result: PumpResult): boolean {
+    const { plain, enc, peer } = s;
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
     log[level](
@@ -596,33 +608,41 @@ export class Tunnel {
     const now = Date.now();
     const { idleTimeoutMs: idle, stallTimeoutMs: stall } = this.cfg;
     for (const s of [...this.served]) {
-      const bytes = s.handle.sent + s.handle.received;
+      const bytes = s.sent + s.received;
       if (bytes !== s.lastBytes) {
         s.lastBytes = bytes;
         s.lastActive = now;
       } else if (idle > 0 && now - s.lastActive >= idle) {
         const why = `idle timeout: no data either way for ${idle / 1000} s (--idle-timeout)`;
-        s.handle.cut(why, why);
+        s.cut(why, why);
         continue;
       }
       if (stall <= 0) continue;
-      for (const [link, name] of [
-        [s.plain, s.plainName],
-        [s.enc, s.encName],
-      ] as const) {
+      for (const toPeer of [false, true]) {
+        const link = toPeer ? s.enc : s.plain;
         const queued = link.link.queuedBytes;
         const sent = link.link.sentBytes;
-        const st = s.stall.get(link);
+        const st = toPeer ? s.encStall : s.plainStall;
+        let mark: StallMark | null = st;
         if (queued === 0) {
-          s.stall.delete(link);
+          mark = null;
         } else if (!st || st.sent !== sent) {
-          s.stall.set(link, { sent, since: now });
+          mark = { sent, since: now };
         } else if (now - st.since >= stall) {
+          const name = toPeer
+            ? s.client
+              ? `server ${this.cfg.target.text}`
+              : `client ${s.peer}`
+            : s.client
+              ? `the application ${s.peer}`
+              : "the application";
           const why = `stalled: ${queued} bytes queued towards ${name} made no progress for ${stall / 1000} s (--stall-timeout)`;
           // Towards the peer: it cannot take an ABORT either, so it is reset.
-          s.handle.cut(why, link === s.enc ? null : why);
+          s.cut(why, toPeer ? null : why);
           break;
         }
+        if (toPeer) s.encStall = mark;
+        else s.plainStall = mark;
       }
     }
   }
@@ -642,6 +662,9 @@ export class Tunnel {
     for (const l of open) l.link.once("close", () => --left === 0 && clearTimeout(timer));
   }
 }
+
+/** A pump handle's cut() until the pump fills it in. */
+function noCut(): void {}
 
 function outcomeOf(r: PumpResult): Outcome {
   if (r.clean) return "clean";

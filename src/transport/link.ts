@@ -46,6 +46,21 @@ export const DISCARD: LinkHandlers = { data() {}, end() {}, close() {} };
 
 type HeldEvent = { type: "data"; chunk: Buffer } | { type: "end" } | { type: "close"; err?: Error };
 
+/** The OwnedLink of each link, for the shared listeners below (`this` is the emitting link). */
+const OWNERS = new WeakMap<Link, OwnedLink>();
+function onLinkData(this: Link, chunk: Buffer): void {
+  OWNERS.get(this)?.onData(chunk);
+}
+function onLinkDrain(this: Link): void {
+  OWNERS.get(this)?.onDrain();
+}
+function onLinkEnd(this: Link): void {
+  OWNERS.get(this)?.onEnd();
+}
+function onLinkClose(this: Link, err?: Error): void {
+  OWNERS.get(this)?.onClose(err);
+}
+
 /**
  * A link whose events have exactly one owner at every moment. It subscribes to the link once, when
  * the connection is accepted or dialled, and forwards each event to whichever stage owns the link
@@ -55,7 +70,8 @@ type HeldEvent = { type: "data"; chunk: Buffer } | { type: "end" } | { type: "cl
  */
 export class OwnedLink {
   private owner: LinkHandlers | null = null;
-  private readonly held: HeldEvent[] = [];
+  /** Events waiting for an owner (allocated only when one has to wait). */
+  private held: HeldEvent[] | null = null;
   private flushScheduled = false;
   /** The peer's end of stream was seen (delivered or held). */
   ended = false;
@@ -65,19 +81,32 @@ export class OwnedLink {
   bytesIn = 0;
 
   constructor(readonly link: Link) {
-    link.on("data", (chunk: Buffer) => {
-      this.bytesIn += chunk.length;
-      this.dispatch({ type: "data", chunk });
-    });
-    link.on("drain", () => this.owner?.drain?.());
-    link.on("end", () => {
-      this.ended = true;
-      this.dispatch({ type: "end" });
-    });
-    link.on("close", (err?: Error) => {
-      this.gone = true;
-      this.dispatch({ type: "close", err });
-    });
+    // Shared listeners (no closures per link): an idle connection should cost little memory.
+    OWNERS.set(link, this);
+    link.on("data", onLinkData);
+    link.on("drain", onLinkDrain);
+    link.on("end", onLinkEnd);
+    link.on("close", onLinkClose);
+  }
+
+  /** @internal */
+  onData(chunk: Buffer): void {
+    this.bytesIn += chunk.length;
+    this.dispatch({ type: "data", chunk });
+  }
+  /** @internal */
+  onDrain(): void {
+    this.owner?.drain?.();
+  }
+  /** @internal */
+  onEnd(): void {
+    this.ended = true;
+    this.dispatch({ type: "end" });
+  }
+  /** @internal */
+  onClose(err?: Error): void {
+    this.gone = true;
+    this.dispatch({ type: "close", err });
   }
 
   get peer(): string {
@@ -112,20 +141,23 @@ export class OwnedLink {
    */
   own(handlers: LinkHandlers | null): void {
     this.owner = handlers;
-    if (handlers && this.held.length > 0 && !this.flushScheduled) {
+    if (handlers && this.held !== null && this.held.length > 0 && !this.flushScheduled) {
       this.flushScheduled = true;
       process.nextTick(() => this.flush());
     }
   }
 
   private dispatch(ev: HeldEvent): void {
-    if (this.owner && this.held.length === 0) this.deliver(this.owner, ev);
+    if (this.owner && (this.held === null || this.held.length === 0)) this.deliver(this.owner, ev);
+    else if (this.held === null) this.held = [ev];
     else this.held.push(ev);
   }
 
   private flush(): void {
     this.flushScheduled = false;
-    while (this.owner && this.held.length > 0) this.deliver(this.owner, this.held.shift() as HeldEvent);
+    while (this.owner && this.held !== null && this.held.length > 0)
+      this.deliver(this.owner, this.held.shift() as HeldEvent);
+    if (this.held !== null && this.held.length === 0) this.held = null;
   }
 
   private deliver(to: LinkHandlers, ev: HeldEvent): void {

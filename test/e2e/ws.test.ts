@@ -715,7 +715,10 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
         assert.equal(r.body, "ok\n");
       }
       await sleep(300);
-      assert.deepEqual(b.logs.slice(n), [], "not a line, not even at debug level");
+      // The end line of the previous test's served connection may land in this window; a health
+      // check is never a served connection, so only such lines may appear.
+      const about = b.logs.slice(n).filter((l) => l.msg !== "connection closed");
+      assert.deepEqual(about, [], "not a line, not even at debug level");
     });
 
     test("a wrong path gets 404 (with --path)", async () => {

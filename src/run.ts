@@ -7,7 +7,6 @@
  * --metrics serves Prometheus text and /healthz. The cluster and metrics modules are loaded only
  * when used (node:cluster adds ~2.5 MiB to the process, prom-client ~13 MiB).
  */
-import { closeSync, openSync, unlinkSync, writeSync } from "node:fs";
 import { HELP, parse, parseRunArgs, RUN_OPTIONS, USAGE, UsageError, VERSION, withKeys } from "./cli.js";
 import { detachFromParent, isDaemonChild, startDaemon, tellParent } from "./daemon.js";
 import { namesToWaitFor, waitForNames } from "./dns-wait.js";
@@ -15,53 +14,13 @@ import { reloadKeyFiles } from "./keys.js";
 import { createLogger } from "./log.js";
 import type { MetricsServer } from "./metrics.js";
 import { NO_OBSERVER } from "./observer.js";
+import { removePidfile, writePidfile } from "./pidfile.js";
 import { dropPrivileges } from "./privileges.js";
 import type { Keys } from "./protocol/index.js";
 import { openSyslog } from "./syslog.js";
 import { takeListenFd } from "./transport/listenfds.js";
 import { Tunnel } from "./tunnel.js";
 import { isWorkerProcess, joinPrimary, runPrimary, type WorkerChannel } from "./workers.js";
-
-/**
- * Write the process id to `path` before anything is bound, so that a pidfile that cannot be
- * written stops the start-up with one line instead of failing after the port is taken.
- * Returns the error text, or undefined when written.
- */
-function writePidfile(path: string, isDefault: boolean): string | undefined {
-  try {
-    const fd = openSync(path, "w", 0o644);
-    try {
-      writeSync(fd, `${process.pid}\n`);
-    } finally {
-      closeSync(fd);
-    }
-    return undefined;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    const why =
-      e.code === "ENOENT"
-        ? "its directory does not exist"
-        : e.code === "EACCES" || e.code === "EPERM"
-          ? "permission denied"
-          : e.code === "EISDIR"
-            ? "it is a directory"
-            : e.code === "EROFS"
-              ? "read-only file system"
-              : e.message;
-    return isDefault
-      ? `cannot write the pidfile ${path} (--daemon's default: the listen address plus .pid, as spiped; choose another with -p FILE): ${why}`
-      : `-p/--pidfile ${path}: cannot write it: ${why}`;
-  }
-}
-
-function removePidfile(path: string | undefined): void {
-  if (!path) return;
-  try {
-    unlinkSync(path);
-  } catch {
-    // already gone, or not ours to remove any more (-u)
-  }
-}
 
 export async function run(argv: string[]): Promise<number> {
   if (argv.length === 0) {

@@ -12,11 +12,11 @@
  * replaced; one that dies before it listened stops the whole process (exit 1).
  */
 import type { Worker } from "node:cluster";
-import { unlinkSync, writeFileSync } from "node:fs";
 import type { parseRunArgs } from "./cli.js";
 import { deriveKeys, type KeyFiles, keyId, readKeyFiles, reloadKeyFiles } from "./keys.js";
 import type { Logger } from "./log.js";
 import type { MetricsServer, ProcessMetrics } from "./metrics.js";
+import { removePidfile, writePidfile } from "./pidfile.js";
 import { dropPrivileges } from "./privileges.js";
 import type { Keys } from "./protocol/index.js";
 
@@ -149,7 +149,6 @@ export async function runPrimary(
 
   const onAllReady = (address: string) => {
     started = true;
-    if (flags.pidfile) writeFileSync(flags.pidfile, `${process.pid}\n`);
     if (flags.runAs) {
       try {
         dropPrivileges(flags.runAs);
@@ -272,14 +271,15 @@ export async function runPrimary(
   process.on("SIGINT", onStop);
   process.on("SIGTERM", onStop);
 
-  for (let i = 0; i < n; i++) fork();
-  return done.finally(() => {
-    if (flags.pidfile && started) {
-      try {
-        unlinkSync(flags.pidfile);
-      } catch {
-        // already gone
-      }
+  // As for one process: the pidfile is checked before any worker binds the listener.
+  if (flags.pidfile) {
+    const err = writePidfile(flags.pidfile, false);
+    if (err) {
+      process.stderr.write(`monopiped: ${err}\n`);
+      await metrics?.close();
+      return 1;
     }
-  });
+  }
+  for (let i = 0; i < n; i++) fork();
+  return done.finally(() => removePidfile(flags.pidfile));
 }

@@ -10,6 +10,7 @@
  *   - abort: either application reset its connection, or the peer said it aborted; the other
  *            application is reset as well.
  */
+import { arena } from "./protocol/arena.js";
 import { ProtocolError } from "./protocol/errors.js";
 import type { Session } from "./protocol/types.js";
 import { DISCARD, type LinkHandlers, type OwnedLink } from "./transport/link.js";
@@ -141,14 +142,20 @@ class Pump {
   }
 
   private sealAndSend(plainBytes: Buffer, carried?: Buffer): void {
+    // The records are lent from the arena until the socket has written them: when the write
+    // completes at once (a socket that keeps up), the next read's records reuse the same memory.
+    arena.begin();
     let records: Buffer[];
     try {
       records = this.sealer.seal(plainBytes, carried);
     } catch (err) {
+      arena.end(true); // nothing sent
       this.sealFailed(err);
       return;
     }
-    if (!this.enc.send(records)) this.plain.pause();
+    const ok = this.enc.send(records);
+    arena.end(this.enc.writtenOut());
+    if (!ok) this.plain.pause();
   }
 
   flushCarry(): void {
@@ -172,7 +179,8 @@ class Pump {
     // Only where records are large (monopiped2): for small fixed frames a carried tail saves
     // little. The tail always lies within this read, since a carry is shorter than a record.
     if (sealer.maxPlaintext >= 16384 && total > sealer.maxPlaintext && tail !== 0) {
-      this.carry = chunk.subarray(chunk.length - tail);
+      // A copy: the chunk may be a view of a buffer the socket reuses for its next read.
+      this.carry = Buffer.from(chunk.subarray(chunk.length - tail));
       bytes = chunk.subarray(0, chunk.length - tail);
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -224,13 +232,21 @@ class Pump {
     if (enc.messageFramed && opener.buffered !== 0) {
       throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
     }
-    // Sends of one turn of the event loop leave in one vectored write (the link corks itself).
+    // The plaintext of every record of this read goes to the application in one (vectored) write.
+    let out: Buffer[] | null = null;
     for (const ev of events) {
       if (ev.type === "data") {
         if (ev.data.length === 0) continue;
         this.stats.received += ev.data.length;
-        if (!plain.send([ev.data])) enc.pause();
-      } else if (ev.type === "end") {
+        if (out === null) out = [ev.data];
+        else out.push(ev.data);
+        continue;
+      }
+      if (out !== null) {
+        if (!plain.send(out)) enc.pause();
+        out = null;
+      }
+      if (ev.type === "end") {
         this.downDone = true;
         plain.endWrite();
         this.maybeDone();
@@ -239,15 +255,20 @@ class Pump {
         return;
       }
     }
+    if (out !== null && !plain.send(out)) enc.pause();
   }
 
   onEncData(chunk: Buffer): void {
     if (this.settled) return;
+    // The opened plaintext is lent from the arena until the application's socket has written it.
+    arena.begin();
     try {
       this.deliver(chunk);
     } catch (err) {
       const why = err instanceof ProtocolError ? err.message : String(err);
       this.fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
+    } finally {
+      arena.end(this.plain.writtenOut());
     }
   }
 
@@ -286,6 +307,8 @@ function flushCarryOf(p: Pump): void {
 
 /** The plain link's events, handed to the pump. */
 class PlainSide implements LinkHandlers {
+  /** Each read is sealed before data() returns; only a carried tail is kept, as a copy. */
+  readonly borrows = true;
   constructor(private readonly p: Pump) {}
   data(chunk: Buffer): void {
     this.p.onPlainData(chunk);
@@ -303,6 +326,8 @@ class PlainSide implements LinkHandlers {
 
 /** The encrypted link's events, handed to the pump. */
 class EncSide implements LinkHandlers {
+  /** Openers copy whatever part of a read they keep (RecordOpener.push). */
+  readonly borrows = true;
   constructor(private readonly p: Pump) {}
   data(chunk: Buffer): void {
     this.p.onEncData(chunk);

@@ -20,16 +20,10 @@
  * replay, truncation or bit flip fails authentication.
  */
 import { createHmac } from "node:crypto";
+import { arena } from "./arena.js";
 import { ByteQueue } from "./bytequeue.js";
 import { ProtocolError } from "./errors.js";
-import {
-  type CipherState,
-  type KeyPair,
-  NoiseHandshake,
-  type PieceDecryptor,
-  PreparedPsk,
-  TAGLEN,
-} from "./noise.js";
+import { type CipherState, type KeyPair, NoiseHandshake, PreparedPsk, TAGLEN } from "./noise.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
 
 export const PROLOGUE = Buffer.from("monopiped2", "ascii");
@@ -66,7 +60,6 @@ export function monopiped2Key(keyFile: Buffer): Monopiped2Key {
 // ---------------------------------------------------------------------------------------------
 export class Monopiped2Sealer implements RecordSealer {
   readonly maxPlaintext = MAX_PAYLOAD;
-  private readonly header = Buffer.alloc(HEADER_PLAIN_LEN);
   constructor(private readonly cipher: CipherState) {}
 
   /**
@@ -80,17 +73,26 @@ export class Monopiped2Sealer implements RecordSealer {
     }
   }
 
-  /** One record whose payload is the concatenation of `payload` (at most MAX_PAYLOAD bytes). */
-  private record(type: number, ...payload: Buffer[]): Buffer {
+  /**
+   * One record whose payload is the concatenation of `payload` (at most MAX_PAYLOAD bytes), in one
+   * buffer: the payload is copied into place once and encrypted there. DATA records of seal() come
+   * from the arena (lent inside a pump's operation, fresh otherwise); END, ABORT and the key
+   * confirmation always get memory of their own.
+   */
+  private record(type: number, payload: readonly Buffer[], lend = false): Buffer {
     let length = 0;
     for (const p of payload) length += p.length;
     this.reserve(length > 0 ? 2 : 1);
-    this.header[0] = type;
-    this.header.writeUInt16BE(length, 1);
-    // One allocation per record; the payload is copied once, as ciphertext.
-    const out = Buffer.allocUnsafe(HEADER_LEN + (length > 0 ? length + TAGLEN : 0));
-    const at = this.cipher.encryptTo([this.header], out, 0);
-    if (length > 0) this.cipher.encryptTo(payload, out, at);
+    const size = HEADER_LEN + (length > 0 ? length + TAGLEN : 0);
+    const out = lend ? arena.take(size) : Buffer.allocUnsafe(size);
+    out[0] = type;
+    out.writeUInt16BE(length, 1);
+    const at = this.cipher.sealInPlace(out, 0, HEADER_PLAIN_LEN);
+    if (length > 0) {
+      let end = at;
+      for (const p of payload) end += p.copy(out, end);
+      this.cipher.sealInPlace(out, at, length);
+    }
     return out;
   }
 
@@ -104,21 +106,21 @@ export class Monopiped2Sealer implements RecordSealer {
     if (carried && carried.length > 0) {
       // The first record: the carried bytes, then as much of `plain` as fits.
       off = MAX_PAYLOAD - carried.length;
-      out.push(this.record(RecordType.DATA, carried, plain.subarray(0, off)));
+      out.push(this.record(RecordType.DATA, [carried, plain.subarray(0, off)], true));
     }
     for (; off < plain.length; off += MAX_PAYLOAD) {
-      out.push(this.record(RecordType.DATA, plain.subarray(off, off + MAX_PAYLOAD)));
+      out.push(this.record(RecordType.DATA, [plain.subarray(off, off + MAX_PAYLOAD)], true));
     }
     return out;
   }
 
   /** An empty DATA record: carries nothing, proves the key (msg3) or keeps an idle link warm. */
   empty(): Buffer {
-    return this.record(RecordType.DATA, EMPTY);
+    return this.record(RecordType.DATA, []);
   }
 
   end(): Buffer[] {
-    return [this.record(RecordType.END, EMPTY)];
+    return [this.record(RecordType.END, [])];
   }
 
   abort(reason: string): Buffer[] {
@@ -129,18 +131,22 @@ export class Monopiped2Sealer implements RecordSealer {
       while (cut > 0 && (text[cut] & 0xc0) === 0x80) cut--;
       text = text.subarray(0, cut);
     }
-    return [this.record(RecordType.ABORT, text)];
+    return [this.record(RecordType.ABORT, [text])];
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 export class Monopiped2Opener implements RecordOpener {
-  private readonly queue = new ByteQueue();
   private pendingType = -1; // type of a record whose header is open and whose body is awaited
   private pendingLen = 0;
-  /** The body of the pending record, decrypted as its pieces arrive; bodyFed bytes of it are in. */
-  private body: PieceDecryptor | null = null;
-  private bodyFed = 0;
+  /**
+   * The start of a unit (a header, or a body with its tag) that did not arrive whole, copied here
+   * so that push() never keeps a reference to its input (a socket may reuse that buffer). Sized to
+   * the largest unit seen, so a connection that only ever carries small records holds little.
+   */
+  private partial: Buffer | null = null;
+  private held = 0;
+  private readonly header = Buffer.alloc(HEADER_PLAIN_LEN);
   /**
    * "end" once END is in (only one ABORT may still follow: the peer's application reset the
    * connection while the other direction was flowing), "abort" once ABORT is in (nothing may follow).
@@ -150,20 +156,52 @@ export class Monopiped2Opener implements RecordOpener {
   constructor(private readonly cipher: CipherState) {}
 
   get buffered(): number {
-    return this.queue.length + (this.pendingType >= 0 ? HEADER_LEN + this.bodyFed : 0);
+    return this.held + (this.pendingType >= 0 ? HEADER_LEN : 0);
   }
 
+  /** Bytes of the unit now awaited: a header, or the pending record's body and tag. */
+  private need(): number {
+    return this.pendingType < 0 ? HEADER_LEN : this.pendingLen + TAGLEN;
+  }
+
+  /**
+   * Opens every whole record in `bytes` where it lies (one decryption per header and per body, the
+   * plaintext of each record in one piece); only a unit cut by the end of `bytes` is copied.
+   */
   push(bytes: Buffer): OpenEvent[] {
     if (this.finished === "abort") {
       if (bytes.length === 0) return [];
       throw new ProtocolError("after-end", "bytes received after the peer's abort record");
     }
-    this.queue.push(bytes);
     const events: OpenEvent[] = [];
+    let off = 0;
     for (;;) {
+      const need = this.need();
+      let unit: Buffer;
+      if (this.held > 0) {
+        const n = Math.min(need - this.held, bytes.length - off);
+        bytes.copy(this.partial as Buffer, this.held, off, off + n);
+        this.held += n;
+        off += n;
+        if (this.held < need) break;
+        unit = (this.partial as Buffer).subarray(0, need);
+        this.held = 0;
+      } else if (bytes.length - off >= need) {
+        unit = bytes.subarray(off, off + need);
+        off += need;
+      } else {
+        const rest = bytes.length - off;
+        if (rest > 0) {
+          if (this.partial === null || this.partial.length < need)
+            this.partial = Buffer.allocUnsafeSlow(need);
+          this.held = bytes.copy(this.partial, 0, off);
+          off = bytes.length;
+        }
+        break;
+      }
       if (this.pendingType < 0) {
-        if (this.queue.length < HEADER_LEN) break;
-        const header = this.cipher.decryptWithAd(EMPTY, this.queue.take(HEADER_LEN));
+        const header = this.header;
+        this.cipher.openInto(unit, header);
         this.pendingType = header[0];
         this.pendingLen = header.readUInt16BE(1);
         this.checkHeader();
@@ -171,25 +209,15 @@ export class Monopiped2Opener implements RecordOpener {
           throw new ProtocolError("after-end", "a record other than ABORT after the peer's end record");
         }
         if (this.pendingLen > 0) continue;
-        events.push(...this.finishRecord([EMPTY]));
+        events.push(this.finishRecord(EMPTY));
       } else {
-        // The body's ciphertext goes to the cipher as it arrives (a 64 KiB record mostly spans two
-        // reads), so it is never gathered into one buffer; its plaintext is released only once the
-        // tag that follows it has authenticated the whole body.
-        this.body ??= this.cipher.decryptPieces();
-        while (this.bodyFed < this.pendingLen && this.queue.length > 0) {
-          const piece = this.queue.takeUpTo(this.pendingLen - this.bodyFed);
-          this.body.update(piece);
-          this.bodyFed += piece.length;
-        }
-        if (this.bodyFed < this.pendingLen || this.queue.length < TAGLEN) break;
-        const parts = this.body.finish(this.queue.take(TAGLEN));
-        this.body = null;
-        this.bodyFed = 0;
-        events.push(...this.finishRecord(parts));
+        // The plaintext goes to the arena (lent inside a pump's operation, fresh otherwise).
+        const plain = arena.take(this.pendingLen);
+        this.cipher.openInto(unit, plain);
+        events.push(this.finishRecord(plain));
       }
       if (this.aborted()) {
-        if (this.queue.length > 0) {
+        if (off < bytes.length) {
           throw new ProtocolError("after-end", "bytes received after the peer's abort record");
         }
         break;
@@ -211,22 +239,19 @@ export class Monopiped2Opener implements RecordOpener {
     throw new ProtocolError("bad-record", `authenticated record with unknown type ${t} or bad length`);
   }
 
-  /** The events of the pending record, whose authenticated payload is the concatenation of `parts`. */
-  private finishRecord(parts: Buffer[]): OpenEvent[] {
+  /** The event of the pending record, whose authenticated payload is `payload`. */
+  private finishRecord(payload: Buffer): OpenEvent {
     const type = this.pendingType;
     this.pendingType = -1;
     if (type === RecordType.END) {
       this.finished = "end";
-      return [{ type: "end" }];
+      return { type: "end" };
     }
     if (type === RecordType.ABORT) {
       this.finished = "abort";
-      return [{ type: "abort", reason: Buffer.concat(parts).toString("utf8") }];
+      return { type: "abort", reason: payload.toString("utf8") };
     }
-    const last = parts.length - 1;
-    return parts.map(
-      (data, i): OpenEvent => (i < last ? { type: "data", data, partial: true } : { type: "data", data }),
-    );
+    return { type: "data", data: payload };
   }
 }
 

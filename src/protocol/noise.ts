@@ -7,6 +7,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, createHmac } from "node:crypto";
 import { ProtocolError } from "./errors.js";
+import { sodium } from "./sodium.js";
 import { generateKeyPair, type KeyPair, sharedSecret } from "./x25519.js";
 
 export { type KeyPair, keyPairFromSecret } from "./x25519.js";
@@ -61,13 +62,6 @@ class HashFn {
  * any real connection), so a nonce is never reused under one key.
  */
 export const NONCE_LIMIT = 2 ** 48;
-
-/** One message being decrypted piece by piece (CipherState.decryptPieces). */
-export interface PieceDecryptor {
-  update(ciphertext: Buffer): void;
-  /** Checks the tag; returns the plaintext pieces, or throws ProtocolError("bad-record"). */
-  finish(tag: Buffer): Buffer[];
-}
 
 export class CipherState {
   private key: Buffer | null = null;
@@ -128,48 +122,72 @@ export class CipherState {
   }
 
   /**
-   * Encrypt the concatenation of `pieces` (empty associated data) into `out` at `offset` as
-   * ciphertext || tag; returns the end offset.
+   * Encrypt `out[at, at + len)` where it lies (empty associated data) and write the tag after it;
+   * returns the end offset (at + len + TAGLEN). libsodium where it is loaded: no object, no
+   * allocation; otherwise node:crypto, copied back.
    */
-  encryptTo(pieces: readonly Buffer[], out: Buffer, offset: number): number {
+  sealInPlace(out: Buffer, at: number, len: number): number {
     if (!this.key) throw new Error("CipherState has no key");
-    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
-      authTagLength: TAGLEN,
-    });
-    let end = offset;
-    for (const piece of pieces) if (piece.length > 0) end += cipher.update(piece).copy(out, end);
-    cipher.final();
-    cipher.getAuthTag().copy(out, end);
+    const nonce = this.currentNonce();
+    const plain = out.subarray(at, at + len);
+    const na = sodium();
+    if (na) {
+      na.crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+        plain,
+        out.subarray(at + len, at + len + TAGLEN),
+        plain,
+        null,
+        null,
+        nonce,
+        this.key,
+      );
+    } else {
+      const cipher = createCipheriv("chacha20-poly1305", this.key, nonce, { authTagLength: TAGLEN });
+      if (len > 0) cipher.update(plain).copy(out, at);
+      cipher.final();
+      cipher.getAuthTag().copy(out, at + len);
+    }
     this.n++;
-    return end + TAGLEN;
+    return at + len + TAGLEN;
   }
 
   /**
-   * Decrypt one message (empty associated data) whose ciphertext arrives in pieces: update() takes
-   * each piece, finish() the tag, and only then is the plaintext released, all of it or none. This
-   * spares copying a message that spans several reads into one buffer first.
+   * Decrypt `sealed` (ciphertext || tag, empty associated data) into `out`, which holds exactly
+   * the plaintext's length; throws ProtocolError("bad-record") when it does not authenticate
+   * (`out` may then hold garbage, never released by the caller).
    */
-  decryptPieces(): PieceDecryptor {
+  openInto(sealed: Buffer, out: Buffer): void {
     if (!this.key) throw new Error("CipherState has no key");
-    const decipher = createDecipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
-      authTagLength: TAGLEN,
-    });
-    const parts: Buffer[] = [];
-    return {
-      update: (ciphertext: Buffer) => {
-        parts.push(decipher.update(ciphertext));
-      },
-      finish: (tag: Buffer) => {
-        decipher.setAuthTag(tag);
-        try {
-          decipher.final();
-        } catch {
-          throw new ProtocolError("bad-record", "message failed authentication");
-        }
-        this.n++;
-        return parts;
-      },
-    };
+    const bodyLen = sealed.length - TAGLEN;
+    if (bodyLen < 0 || out.length !== bodyLen) throw new RangeError("openInto: output length mismatch");
+    const nonce = this.currentNonce();
+    const na = sodium();
+    if (na) {
+      try {
+        na.crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+          out,
+          null,
+          sealed.subarray(0, bodyLen),
+          sealed.subarray(bodyLen),
+          null,
+          nonce,
+          this.key,
+        );
+      } catch {
+        throw new ProtocolError("bad-record", "message failed authentication");
+      }
+    } else {
+      const decipher = createDecipheriv("chacha20-poly1305", this.key, nonce, { authTagLength: TAGLEN });
+      decipher.setAuthTag(sealed.subarray(bodyLen));
+      const plain = decipher.update(sealed.subarray(0, bodyLen));
+      try {
+        decipher.final();
+      } catch {
+        throw new ProtocolError("bad-record", "message failed authentication");
+      }
+      plain.copy(out);
+    }
+    this.n++;
   }
 
   /** Decrypt ciphertext || tag; throws ProtocolError when it does not authenticate. */

@@ -1,8 +1,9 @@
 /**
  * libsodium through the `sodium-native` package (prebuilt binaries inside the npm package), for the
- * compatibility protocols' small fixed-size frames: it encrypts and authenticates into a caller's
- * buffer, so a 1 KiB frame costs no object and no allocation, where node:crypto makes a cipher object
- * and a new output buffer per call (~4-6 µs of a 1 KiB frame's ~6-8 µs; docs/BENCHMARKS.md).
+ * record layers: it encrypts and authenticates into a caller's buffer, so a record costs no object
+ * and no allocation, where node:crypto makes a cipher object and a new output buffer per call
+ * (~4-6 µs of a 1 KiB frame's ~6-8 µs; for monopiped2, a new 64 KiB buffer per record, which on
+ * Node 24 drives full garbage collections; docs/BENCHMARKS.md).
  *
  * Loaded on first use. When it cannot be loaded (a platform without a prebuilt binary) the callers
  * fall back to node:crypto with the same wire bytes; MONOPIPED_NO_SODIUM=1 forces that fallback (for
@@ -12,6 +13,26 @@ import { createRequire } from "node:module";
 
 /** The part of sodium-native's API used here (its own names and argument order). */
 export interface Sodium {
+  /** ChaCha20-Poly1305 (IETF, 96-bit nonce), as Noise's ChaChaPoly: `c` and `m` may be the same memory. */
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+    c: Uint8Array,
+    mac: Uint8Array,
+    m: Uint8Array,
+    ad: Uint8Array | null,
+    nsec: null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+  /** Throws when the tag does not authenticate. */
+  crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+    m: Uint8Array,
+    nsec: null,
+    c: Uint8Array,
+    mac: Uint8Array,
+    ad: Uint8Array | null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): void;
   crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
     c: Uint8Array,
     mac: Uint8Array,

@@ -39,7 +39,11 @@ export interface RecordSealer {
 }
 
 export interface RecordOpener {
-  /** Feed bytes received from the peer. Throws ProtocolError on anything that does not authenticate. */
+  /**
+   * Feed bytes received from the peer. Throws ProtocolError on anything that does not authenticate.
+   * `bytes` is only valid during the call (a socket may read into the same buffer next): an opener
+   * copies whatever it keeps, and no event refers to it.
+   */
   push(bytes: Buffer): OpenEvent[];
   /** Bytes held of a record not yet complete (0 exactly at a record boundary). */
   readonly buffered: number;

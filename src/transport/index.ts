@@ -7,7 +7,15 @@ import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
-import { boundAddress, dialSocket, listenSocket, logAcceptErrors, SocketLink, tuneSocket } from "./tcp.js";
+import {
+  acceptedLink,
+  boundAddress,
+  dialSocket,
+  listenSocket,
+  logAcceptErrors,
+  SocketLink,
+  tuneSocket,
+} from "./tcp.js";
 import { dialWebSocket, listenWebSocket } from "./ws.js";
 
 export async function listenLinks(
@@ -24,7 +32,7 @@ export async function listenLinks(
     (socket) => {
       // An inherited descriptor may be TCP or Unix whatever -l says: tune what is TCP.
       if (socket.remoteAddress) tuneSocket(socket, { keepAlive: cfg.keepAlive });
-      onLink(new SocketLink(socket));
+      onLink(acceptedLink(socket));
     },
     cfg.listenFd,
   );

@@ -31,10 +31,26 @@ export interface Link extends EventEmitter {
   readonly queuedBytes: number;
   /** Bytes written out so far (monotonic): with queuedBytes, tells a stalled link from a slow one. */
   readonly sentBytes: number;
+  /**
+   * True when each 'data' chunk is lent: valid only while its event runs (the socket reads into a
+   * buffer it reuses, transport/fastread.ts). OwnedLink copies lent chunks for owners that keep them.
+   */
+  readonly lendsChunks?: boolean;
+  /**
+   * True when no buffer given to send() is referenced any more: everything was written out (a
+   * write that completed before send() returned). Lets a caller reuse that memory at once. Links
+   * that cannot tell leave it out (taken as false).
+   */
+  writtenOut?(): boolean;
 }
 
 /** What the current owner of a link (handshake, pump, ...) does with its events. */
 export interface LinkHandlers {
+  /**
+   * True when data() consumes each chunk before it returns (copying whatever it keeps), so a lent
+   * chunk can be handed to it as it is. Otherwise it gets a copy of a lent chunk.
+   */
+  readonly borrows?: boolean;
   data(chunk: Buffer): void;
   drain?(): void;
   end(): void;
@@ -92,7 +108,13 @@ export class OwnedLink {
   /** @internal */
   onData(chunk: Buffer): void {
     this.bytesIn += chunk.length;
-    this.dispatch({ type: "data", chunk });
+    const owner = this.owner;
+    if (owner !== null && (this.held === null || this.held.length === 0)) {
+      owner.data(this.link.lendsChunks && !owner.borrows ? Buffer.from(chunk) : chunk);
+      return;
+    }
+    // Held for the next owner: a lent chunk is gone once this event returns.
+    this.hold({ type: "data", chunk: this.link.lendsChunks ? Buffer.from(chunk) : chunk });
   }
   /** @internal */
   onDrain(): void {
@@ -120,6 +142,9 @@ export class OwnedLink {
   }
   send(chunks: Buffer[]): boolean {
     return this.link.send(chunks);
+  }
+  writtenOut(): boolean {
+    return this.link.writtenOut?.() ?? false;
   }
   pause(): void {
     this.link.pause();
@@ -149,7 +174,11 @@ export class OwnedLink {
 
   private dispatch(ev: HeldEvent): void {
     if (this.owner && (this.held === null || this.held.length === 0)) this.deliver(this.owner, ev);
-    else if (this.held === null) this.held = [ev];
+    else this.hold(ev);
+  }
+
+  private hold(ev: HeldEvent): void {
+    if (this.held === null) this.held = [ev];
     else this.held.push(ev);
   }
 

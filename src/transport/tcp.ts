@@ -10,6 +10,14 @@ import net from "node:net";
 import { dirname } from "node:path";
 import { formatHostPort, type SocketAddress } from "../address.js";
 import type { Logger } from "../log.js";
+import {
+  adoptAccepted,
+  fastConnectOptions,
+  isFast,
+  markFast,
+  type ReadSink,
+  setReadSink,
+} from "./fastread.js";
 import type { Link } from "./link.js";
 
 export interface SocketOptions {
@@ -20,11 +28,16 @@ export interface SocketOptions {
 
 const KEEPALIVE_DELAY_MS = 60_000;
 
-export class SocketLink extends EventEmitter implements Link {
+export class SocketLink extends EventEmitter implements Link, ReadSink {
   readonly messageFramed = false;
   readonly peer: string;
   /** True once the link has emitted 'close'. */
   closed = false;
+  /**
+   * True when the socket reads into the shared buffer (transport/fastread.ts): each 'data' chunk
+   * is valid only while its event runs.
+   */
+  readonly lendsChunks: boolean;
 
   constructor(
     readonly socket: net.Socket,
@@ -32,11 +45,18 @@ export class SocketLink extends EventEmitter implements Link {
   ) {
     super();
     this.peer = peer ?? describePeer(socket);
-    socket.on("data", (chunk: Buffer) => this.emit("data", chunk));
+    this.lendsChunks = isFast(socket);
+    if (this.lendsChunks) setReadSink(socket, this);
+    else socket.on("data", (chunk: Buffer) => this.emit("data", chunk));
     socket.on("drain", () => this.emit("drain"));
     socket.on("end", () => this.onEnd());
     socket.on("error", (err) => this.finish(err));
     socket.on("close", () => this.finish());
+  }
+
+  /** @internal A read into the shared buffer. */
+  onBytes(chunk: Buffer): void {
+    this.emit("data", chunk);
   }
 
   /** Bytes handed to the socket so far. */
@@ -76,37 +96,58 @@ export class SocketLink extends EventEmitter implements Link {
   }
 
   send(chunks: Buffer[]): boolean {
-    if (this.socket.destroyed || this.socket.writableEnded) return false;
-    // Writes made in the same turn of the event loop (e.g. one per WebSocket message of a read)
-    // leave in one vectored write at the end of the turn.
-    if (!this.corked) {
+    const socket = this.socket;
+    if (socket.destroyed || socket.writableEnded) return false;
+    // The first send of a turn of the event loop goes out at once, as one write (or one vectored
+    // write for several buffers). Further sends in the same turn (e.g. one per WebSocket message
+    // of a read) are corked and leave together in one vectored write at the end of the turn.
+    let uncorkNow = false;
+    if (!this.sentThisTurn) {
+      this.sentThisTurn = true;
+      process.nextTick(endTurnOf, this);
+      if (chunks.length > 1) {
+        socket.cork();
+        uncorkNow = true;
+      }
+    } else if (!this.corked) {
       this.corked = true;
-      this.socket.cork();
-      process.nextTick(this.uncork);
+      socket.cork();
     }
     let ok = true;
     for (let i = 0; i < chunks.length; ) {
       const first = chunks[i++];
       // Records a sealer wrote back to back into one allocation (spiped's and monopiped1's small
-      // fixed-size packets) go to the stream as one write instead of one per record.
+      // fixed-size packets) go to the stream as one buffer instead of one per record.
       let end = first.byteOffset + first.length;
       const from = i;
       while (i < chunks.length && chunks[i].buffer === first.buffer && chunks[i].byteOffset === end) {
         end += chunks[i++].length;
       }
       this.accepted += end - first.byteOffset;
-      ok = this.socket.write(
+      ok = socket.write(
         i === from ? first : Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset),
       );
     }
+    if (uncorkNow) socket.uncork();
     return ok;
   }
 
+  writtenOut(): boolean {
+    // A socket's queue (writableLength) holds every byte write() has not yet handed to the kernel;
+    // a destroyed socket may still have writes being cancelled.
+    return !this.socket.destroyed && this.socket.writableLength === 0;
+  }
+
+  private sentThisTurn = false;
   private corked = false;
-  private readonly uncork = () => {
-    this.corked = false;
-    this.socket.uncork();
-  };
+  /** @internal */
+  endTurn(): void {
+    this.sentThisTurn = false;
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+  }
 
   pause(): void {
     this.socket.pause();
@@ -126,6 +167,18 @@ export class SocketLink extends EventEmitter implements Link {
   }
 }
 
+function endTurnOf(link: SocketLink): void {
+  link.endTurn();
+}
+
+/**
+ * The link of a socket a listener accepted (paused): reading through the shared buffer where this
+ * Node version allows it (transport/fastread.ts), else as it is.
+ */
+export function acceptedLink(socket: net.Socket): SocketLink {
+  return new SocketLink(adoptAccepted(socket) ?? socket);
+}
+
 /** The remote end of a socket for logs: 1.2.3.4:5678, [::1]:5678, or "local socket" (Unix). */
 export function describePeer(socket: { remoteAddress?: string; remotePort?: number }): string {
   return socket.remoteAddress ? formatHostPort(socket.remoteAddress, socket.remotePort ?? 0) : "local socket";
@@ -141,8 +194,9 @@ export function dialSocket(addr: SocketAddress, opts: SocketOptions, timeoutMs: 
   return new Promise((resolve, reject) => {
     const socket =
       addr.kind === "unix"
-        ? net.connect({ path: addr.path, allowHalfOpen: true })
+        ? net.connect({ path: addr.path, allowHalfOpen: true, ...fastConnectOptions() })
         : net.connect({
+            ...fastConnectOptions(),
             host: addr.host,
             port: addr.port,
             allowHalfOpen: true,
@@ -155,8 +209,11 @@ export function dialSocket(addr: SocketAddress, opts: SocketOptions, timeoutMs: 
       socket.destroy();
       reject(new Error(`timeout after ${timeoutMs / 1000} s connecting to ${addr.text}`));
     }, timeoutMs);
+    markFast(socket);
     socket.once("connect", () => {
       clearTimeout(timer);
+      // Not a byte is read until the link's owner resumes it.
+      socket.pause();
       socket.removeAllListeners("error");
       if (addr.kind !== "unix") tuneSocket(socket, opts);
       resolve(socket);

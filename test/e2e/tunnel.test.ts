@@ -15,9 +15,23 @@ import {
   echoRoundTrip,
   keyFile,
   pseudoRandom,
+  type Received,
   receiveAll,
   sendAll,
 } from "../helpers/net.js";
+
+/** receiveAll, but the reader pauses for 1-8 ms after some reads (a deterministic pattern per seed). */
+function stutteringReceive(sock: net.Socket, seed: number): Promise<Received> {
+  let x = seed;
+  sock.on("data", () => {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    if (x % 5 === 0) {
+      sock.pause();
+      setTimeout(() => sock.resume(), 1 + (x % 8));
+    }
+  });
+  return receiveAll(sock);
+}
 
 const MiB = 1024 * 1024;
 const fleet = new Fleet();
@@ -71,6 +85,46 @@ describe("TCP tunnel, end to end", () => {
     assert.equal(closed.sent, size);
     assert.equal(closed.received, size);
     assert.equal(closed.protocol, "monopiped2");
+  });
+
+  it("keeps every byte intact when readers stall at random on both sides of several busy connections", async () => {
+    // The ends reuse the memory of records whose writes completed at once and must never reuse
+    // what a socket still holds queued: readers that stop and start make both happen, on
+    // several connections sharing one process.
+    const size = 24 * MiB;
+    const conns = 4;
+    const targetSide: Promise<{ received: Received; sent: string }>[] = [];
+    let n = 0;
+    const target = await server((s) => {
+      const i = n++;
+      targetSide.push(
+        Promise.all([
+          stutteringReceive(s, i * 7 + 1),
+          sendAll(s, pseudoRandom(`down${i}`, size, 200_000)),
+        ]).then(([received, sent]) => ({ received, sent })),
+      );
+    });
+    const { e } = await pair(target.port);
+    const apps = await Promise.all(Array.from({ length: conns }, () => connect(e.port)));
+    const appSide = await Promise.all(
+      apps.map((app, i) =>
+        Promise.all([
+          stutteringReceive(app, i * 13 + 5),
+          sendAll(app, pseudoRandom(`up${i}`, size, 300_000)),
+        ]),
+      ),
+    );
+    assert.equal(targetSide.length, conns);
+    const targets = await Promise.all(targetSide);
+    // Pair each target connection with its application by the upload's hash (accept order may differ).
+    for (const [received, sent] of appSide) {
+      const t = targets.find((x) => x.received.hash === sent);
+      assert.ok(t, "an upload arrived intact at the target");
+      assert.equal(t.received.bytes, size);
+      assert.equal(received.bytes, size);
+      assert.equal(received.hash, t.sent, "the download arrived intact at the application");
+      assert.equal(received.how, "end");
+    }
   });
 
   it("serves 50 concurrent connections each echoing 1 MiB", async () => {

@@ -54,3 +54,31 @@ describe("OwnedLink", () => {
     assert.deepEqual(seen, ["end"]);
   });
 });
+
+describe("OwnedLink with a link that lends its chunks", () => {
+  class LendingLink extends FakeLink {
+    readonly lendsChunks = true;
+  }
+  it("copies a lent chunk for an owner that keeps it, and for a held event; hands it as it is to a borrower", async () => {
+    const raw = new LendingLink();
+    const owned = new OwnedLink(raw);
+    const lent = Buffer.from("abc");
+    const kept: Buffer[] = [];
+    owned.own({ data: (b) => kept.push(b), end: () => {}, close: () => {} });
+    raw.emit("data", lent);
+    lent.fill(0x78); // the reader reuses its buffer
+    assert.equal(kept[0].toString(), "abc", "a keeping owner got a copy");
+    const borrowed: Buffer[] = [];
+    owned.own({ borrows: true, data: (b) => borrowed.push(b), end: () => {}, close: () => {} });
+    raw.emit("data", lent);
+    assert.equal(borrowed[0], lent, "a borrower gets the chunk itself");
+    owned.own(null);
+    const again = Buffer.from("def");
+    raw.emit("data", again);
+    again.fill(0x79);
+    const late: Buffer[] = [];
+    owned.own({ borrows: true, data: (b) => late.push(b), end: () => {}, close: () => {} });
+    await tick();
+    assert.equal(late[0].toString(), "def", "a held chunk was copied when it arrived");
+  });
+});

@@ -42,9 +42,13 @@ export class OutputArena {
     this.mark = this.used;
   }
 
-  /** `n` bytes: arena memory inside an operation (not nested), fresh memory otherwise. */
+  /**
+   * `n` bytes: arena memory inside an operation (not nested), fresh memory otherwise; always at an
+   * offset that is a multiple of 8 in its ArrayBuffer (word access through typed arrays).
+   */
   take(n: number): Buffer {
-    if (this.depth !== 1 || n > BLOCK_SIZE / 2) return Buffer.allocUnsafe(n);
+    if (this.depth !== 1 || n > BLOCK_SIZE / 2) return Buffer.allocUnsafeSlow(n);
+    this.used = (this.used + 7) & ~7;
     if (this.block === null || this.used + n > this.block.length) {
       // A new block; the old one lives on only as long as a socket still holds part of it.
       this.block = Buffer.allocUnsafeSlow(BLOCK_SIZE);

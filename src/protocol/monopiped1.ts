@@ -12,6 +12,7 @@
 import { createCipheriv, createDecipheriv, type KeyObject, randomBytes } from "node:crypto";
 import { hchacha } from "@noble/ciphers/chacha.js";
 import { blake2b } from "@noble/hashes/blake2.js";
+import { arena } from "./arena.js";
 import { ProtocolError } from "./errors.js";
 import { sodium } from "./sodium.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
@@ -189,9 +190,9 @@ class Monopiped1Sealer implements RecordSealer {
     const head = carried?.length ?? 0;
     const total = head + input.length;
     const count = Math.ceil(total / MAX_DATA);
-    // Every byte is overwritten below. (A single frame, e.g. one per WebSocket message or a short
-    // interactive write, comes from Node's shared pool rather than an allocation of its own.)
-    const wire = Buffer.allocUnsafe(count * FRAME_LEN);
+    // Every byte is overwritten below. From the arena: lent inside a pump's operation (reused once
+    // the socket has written it), fresh otherwise.
+    const wire = arena.take(count * FRAME_LEN);
     const frames: Buffer[] = new Array(count);
     for (let k = 0, at = 0; k < count; k++, at += FRAME_LEN) {
       const from = k * MAX_DATA;
@@ -243,13 +244,13 @@ class Monopiped1Opener implements RecordOpener {
       this.held += offset;
       if (this.held < FRAME_LEN) return events;
       this.held = 0;
-      const block = Buffer.allocUnsafe(BLOCK_LEN);
+      const block = arena.take(BLOCK_LEN);
       const n = this.openFrame(block, 0, this.partial, 0);
       if (n > 0) events.push({ type: "data", data: block.subarray(0, n) });
     }
     const count = Math.floor((bytes.length - offset) / FRAME_LEN);
     if (count > 0) {
-      const out = Buffer.allocUnsafe(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
+      const out = arena.take(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
       let total = 0;
       for (let k = 0; k < count; k++, offset += FRAME_LEN) total += this.openFrame(out, total, bytes, offset);
       if (total > 0) events.push({ type: "data", data: out.subarray(0, total) });

@@ -29,6 +29,7 @@ import {
   randomFillSync,
   timingSafeEqual,
 } from "node:crypto";
+import { arena } from "./arena.js";
 import { ByteQueue } from "./bytequeue.js";
 import { ProtocolError } from "./errors.js";
 import type { Handshake, OpenEvent, RecordOpener, RecordSealer, Role, Session } from "./types.js";
@@ -235,7 +236,7 @@ class SpipedSealer implements RecordSealer {
     const count = Math.ceil(plain.length / MAX_DATA);
     this.keys.reserve(count);
     const ks = wordsOf(aligned(this.keys.keystream(count)));
-    const wire = Buffer.allocUnsafeSlow(count * PACKET_LEN); // own ArrayBuffer: 4-byte aligned
+    const wire = arena.take(count * PACKET_LEN); // 8-byte aligned; lent inside a pump's operation
     const wireWords = wordsOf(wire);
     const packets: Buffer[] = new Array(count);
     for (let k = 0; k < count; k++) {

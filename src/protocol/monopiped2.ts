@@ -75,7 +75,7 @@ export class Monopiped2Sealer implements RecordSealer {
 
   /**
    * One record whose payload is the concatenation of `payload` (at most MAX_PAYLOAD bytes), in one
-   * buffer: the payload is copied into place once and encrypted there. DATA records of seal() come
+   * buffer: a single piece is encrypted straight into it, several are copied in and encrypted there. DATA records of seal() come
    * from the arena (lent inside a pump's operation, fresh otherwise); END, ABORT and the key
    * confirmation always get memory of their own.
    */
@@ -87,11 +87,16 @@ export class Monopiped2Sealer implements RecordSealer {
     const out = lend ? arena.take(size) : Buffer.allocUnsafe(size);
     out[0] = type;
     out.writeUInt16BE(length, 1);
-    const at = this.cipher.sealInPlace(out, 0, HEADER_PLAIN_LEN);
-    if (length > 0) {
+    const at = this.cipher.sealTo(out, 0, out.subarray(0, HEADER_PLAIN_LEN));
+    if (length === 0) {
+      // a header alone
+    } else if (payload.length === 1) {
+      // Straight from where the payload lies (e.g. the socket's read buffer) into the record.
+      this.cipher.sealTo(out, at, payload[0]);
+    } else {
       let end = at;
       for (const p of payload) end += p.copy(out, end);
-      this.cipher.sealInPlace(out, at, length);
+      this.cipher.sealTo(out, at, out.subarray(at, end));
     }
     return out;
   }

@@ -122,18 +122,18 @@ export class CipherState {
   }
 
   /**
-   * Encrypt `out[at, at + len)` where it lies (empty associated data) and write the tag after it;
-   * returns the end offset (at + len + TAGLEN). libsodium where it is loaded: no object, no
-   * allocation; otherwise node:crypto, copied back.
+   * Encrypt `plain` (empty associated data) into `out` at `at` as ciphertext || tag; returns the
+   * end offset. `plain` may be `out[at, at + plain.length)` itself (encryption in place).
+   * libsodium where it is loaded: no object, no allocation; otherwise node:crypto, copied.
    */
-  sealInPlace(out: Buffer, at: number, len: number): number {
+  sealTo(out: Buffer, at: number, plain: Buffer): number {
     if (!this.key) throw new Error("CipherState has no key");
     const nonce = this.currentNonce();
-    const plain = out.subarray(at, at + len);
+    const len = plain.length;
     const na = sodium();
     if (na) {
       na.crypto_aead_chacha20poly1305_ietf_encrypt_detached(
-        plain,
+        out.subarray(at, at + len),
         out.subarray(at + len, at + len + TAGLEN),
         plain,
         null,

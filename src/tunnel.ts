@@ -27,7 +27,6 @@ import { FailureSummary, SUMMARY_INTERVAL_MS } from "./summary.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
 import { DISCARD, type Link, type Listener, OwnedLink } from "./transport/link.js";
 import { MAX_PROXY_HEADER, parseProxyHeader } from "./transport/proxyproto.js";
-import { wsClientWarnings } from "./transport/ws.js";
 
 /** How long a connection that ended cleanly may take to finish its closing handshake. */
 const LINGER_MS = 10_000;
@@ -140,15 +139,22 @@ export class Tunnel {
 
   /** Bind the listener and start serving. */
   async start(): Promise<void> {
-    for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
+    if (this.cfg.target.kind === "ws") {
+      // The WebSocket code is loaded only by an end that uses it.
+      const { wsClientWarnings } = await import("./transport/ws.js");
+      for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
+    }
     if (this.cfg.mode === "decrypt" && this.cfg.protocol === "auto") {
       this.log.warn(
         "--protocol auto also serves monopiped1 clients: a replayed monopiped1 handshake reaches the target (monopiped1 has no key confirmation); use --protocol monopiped2 once no monopiped1 clients remain",
       );
     }
     // Before listening, so that the ready line means ready: for spiped on Node 22+ this takes
-    // ~350 ms of CPU, which would otherwise stall the first connection.
-    prepareProtocol(this.cfg.protocol);
+    // ~350 ms of CPU, which would otherwise stall the first connection. A client in "auto" mode
+    // speaks monopiped2 and needs no other protocol's code.
+    await prepareProtocol(
+      this.cfg.mode === "encrypt" && this.cfg.protocol === "auto" ? "monopiped2" : this.cfg.protocol,
+    );
     this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link), this.pending);
   }
 
@@ -210,7 +216,8 @@ export class Tunnel {
    * Serve one connection whose plain side is already open (`monopiped pipe`: standard input and
    * output), without a listener or a slot. Resolves true when it ended cleanly.
    */
-  serveOne(plain: Link): Promise<boolean> {
+  async serveOne(plain: Link): Promise<boolean> {
+    await prepareProtocol(this.cfg.protocol === "auto" ? "monopiped2" : this.cfg.protocol);
     return this.serveClient(new OwnedLink(plain), false);
   }
 

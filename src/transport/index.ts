@@ -8,7 +8,9 @@ import type { Logger } from "../log.js";
 import type { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
 import { boundAddress, dialSocket, listenSocket, logAcceptErrors, SocketLink, tuneSocket } from "./tcp.js";
-import { dialWebSocket, listenWebSocket } from "./ws.js";
+
+/** The WebSocket transport (and the `ws` package) is loaded only by an end that uses it. */
+const wsTransport = () => import("./ws.js");
 
 export async function listenLinks(
   cfg: Config,
@@ -18,7 +20,7 @@ export async function listenLinks(
 ): Promise<Listener> {
   const at = cfg.listen;
   if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
-  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink, pending);
+  if (cfg.wsListen) return (await wsTransport()).listenWebSocket(cfg, at, log, onLink, pending);
   const server = await listenSocket(
     at,
     (socket) => {
@@ -44,6 +46,7 @@ export async function dialSocketLink(addr: SocketAddress, cfg: Config): Promise<
 
 /** The encrypted leg of an encrypt-mode (client) connection. */
 export function dialEncrypted(cfg: Config): Promise<Link> {
-  if (cfg.target.kind === "ws") return dialWebSocket(cfg.target, cfg);
-  return dialSocketLink(cfg.target, cfg);
+  const target = cfg.target;
+  if (target.kind === "ws") return wsTransport().then((ws) => ws.dialWebSocket(target, cfg));
+  return dialSocketLink(target, cfg);
 }

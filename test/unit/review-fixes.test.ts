@@ -9,7 +9,7 @@ import crypto from "node:crypto";
 import { syncBuiltinESMExports } from "node:module";
 import { describe, it } from "node:test";
 import { ProtocolError, type ProtocolErrorCode } from "../../src/protocol/errors.js";
-import { createHandshake, prepareKeys } from "../../src/protocol/index.js";
+import { createHandshake, loadProtocols, prepareKeys } from "../../src/protocol/index.js";
 import {
   HEADER_LEN,
   MAX_PAYLOAD,
@@ -20,6 +20,9 @@ import {
 } from "../../src/protocol/monopiped2.js";
 import { CipherState, NONCE_LIMIT } from "../../src/protocol/noise.js";
 import type { Handshake, Session } from "../../src/protocol/types.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 const KEY_FILE = Buffer.from("review fixes unit test key file\n");
 const PSK = monopiped2Psk(KEY_FILE);

@@ -11,7 +11,7 @@ import { HELP, parse, parseRunArgs, RUN_OPTIONS, USAGE, UsageError, VERSION, wit
 import { detachFromParent, isDaemonChild, startDaemon, tellParent } from "./daemon.js";
 import { namesToWaitFor, waitForNames } from "./dns-wait.js";
 import { reloadKeyFiles } from "./keys.js";
-import { createLogger } from "./log.js";
+import { createLogger, flushLog } from "./log.js";
 import type { MetricsServer } from "./metrics.js";
 import { NO_OBSERVER } from "./observer.js";
 import { removePidfile, writePidfile } from "./pidfile.js";
@@ -52,6 +52,7 @@ export async function run(argv: string[]): Promise<number> {
 
   /** A start-up failure: one line on standard error (and to the waiting parent with --daemon). */
   const fail = async (message: string): Promise<number> => {
+    flushLog(); // the lines logged so far come first
     process.stderr.write(`monopiped: ${message}\n`);
     await tellParent({ type: "error", message });
     detachFromParent();
@@ -202,6 +203,7 @@ export async function run(argv: string[]): Promise<number> {
       log.info({ listen: tunnel.address }, `worker ${process.pid} ready`);
       worker.ready(tunnel.address);
     } else tunnel.logListening();
+    flushLog(); // the ready line is out before anyone is told we are ready
     if (daemonChild) {
       await tellParent({ type: "ready" });
       detachFromParent();

@@ -43,6 +43,9 @@ function loaded<T>(m: T | null, name: string): T {
 
 export type ProtocolChoice = "auto" | ProtocolName;
 
+/** monopiped2's next ephemeral key pair made ahead of time (the tunnel calls it when idle). */
+export { prepareSpareKeyPair } from "./x25519.js";
+
 export const PROTOCOL_ALIASES: Record<string, ProtocolChoice> = {
   auto: "auto",
   monopiped2: "monopiped2",

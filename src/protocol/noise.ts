@@ -8,9 +8,9 @@
 import * as nodeCrypto from "node:crypto";
 import { createCipheriv, createDecipheriv, createHash, createHmac } from "node:crypto";
 import { ProtocolError } from "./errors.js";
-import { generateKeyPair, type KeyPair, sharedSecret } from "./x25519.js";
+import { freshKeyPair, type KeyPair, sharedSecret } from "./x25519.js";
 
-export { type KeyPair, keyPairFromSecret } from "./x25519.js";
+export { type KeyPair, keyPairFromSecret, prepareSpareKeyPair } from "./x25519.js";
 
 export const DHLEN = 32;
 export const TAGLEN = 16;
@@ -330,7 +330,7 @@ export class NoiseHandshake {
   }
 
   private get e(): KeyPair {
-    this.ephemeral ??= generateKeyPair();
+    this.ephemeral ??= freshKeyPair();
     return this.ephemeral;
   }
 

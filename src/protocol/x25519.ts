@@ -94,6 +94,26 @@ export function generateKeyPair(): KeyPair {
   }
 }
 
+/**
+ * One key pair made ahead of time, so that a handshake does not wait for it: the tunnel asks for
+ * it when it has nothing else to do (after a handshake, and at start-up), the next handshake's
+ * ephemeral takes it. Used once, like any other fresh key pair.
+ */
+let spare: KeyPair | null = null;
+
+/** Make the spare key pair now, if there is none. */
+export function prepareSpareKeyPair(): void {
+  spare ??= generateKeyPair();
+}
+
+/** A fresh key pair: the spare made ahead of time if there is one, else a new one. */
+export function freshKeyPair(): KeyPair {
+  const pair = spare;
+  if (!pair) return generateKeyPair();
+  spare = null;
+  return pair;
+}
+
 /** X25519 with the peer's raw public key; null for a small-order peer key (all-zero result). */
 export function sharedSecret(privateKey: KeyObject, peerPublic: Buffer): Buffer | null {
   let shared: Buffer;

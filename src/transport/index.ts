@@ -9,8 +9,13 @@ import type { PendingSet } from "../pending.js";
 import type { Link, Listener } from "./link.js";
 import { boundAddress, dialSocket, listenSocket, logAcceptErrors, SocketLink, tuneSocket } from "./tcp.js";
 
-/** The WebSocket transport (and the `ws` package) is loaded only by an end that uses it. */
-const wsTransport = () => import("./ws.js");
+/** The WebSocket transport (and the `ws` package) is loaded only by an end that uses it, once. */
+type WsTransport = typeof import("./ws.js");
+let wsLoaded: Promise<WsTransport> | null = null;
+const wsTransport = (): Promise<WsTransport> => {
+  wsLoaded ??= import("./ws.js");
+  return wsLoaded;
+};
 
 export async function listenLinks(
   cfg: Config,

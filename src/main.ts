@@ -1,7 +1,10 @@
 #!/usr/bin/env node
-/** The `monopiped` executable: picks the subcommand. */
+/**
+ * The `monopiped` executable: picks the subcommand. Only the long-running ends' code is loaded up
+ * front; `pipe` (which brings the WebSocket client), `demo` and `bench` are loaded when chosen, so
+ * an idle -e or -d end does not carry them.
+ */
 import { keygen, UsageError } from "./cli.js";
-import { pipe } from "./pipe.js";
 import { run } from "./run.js";
 
 async function main(argv: string[]): Promise<number> {
@@ -10,7 +13,7 @@ async function main(argv: string[]): Promise<number> {
       case "keygen":
         return keygen(argv.slice(1));
       case "pipe":
-        return await pipe(argv.slice(1));
+        return await (await import("./pipe.js")).pipe(argv.slice(1));
       case "demo":
         return (await import("./demo.js")).demo(argv.slice(1));
       case "bench":

@@ -5,11 +5,11 @@
  * process first starts a background copy of itself and returns once that copy is ready. Operations
  * (docs/OPERATIONS.md): --workers runs the primary (src/workers.ts), SIGHUP re-reads the key files,
  * --metrics serves Prometheus text and /healthz. The cluster and metrics modules are loaded only
- * when used (node:cluster adds ~2.5 MiB to the process, prom-client ~13 MiB).
+ * when used (node:cluster adds ~2.5 MiB to the process, prom-client ~13 MiB), as is -D's DNS wait
+ * (it loads node:http, https and tls).
  */
 import { HELP, parse, parseRunArgs, RUN_OPTIONS, USAGE, UsageError, VERSION, withKeys } from "./cli.js";
 import { detachFromParent, isDaemonChild, startDaemon, tellParent } from "./daemon.js";
-import { namesToWaitFor, waitForNames } from "./dns-wait.js";
 import { reloadKeyFiles } from "./keys.js";
 import { createLogger } from "./log.js";
 import type { MetricsServer } from "./metrics.js";
@@ -160,6 +160,8 @@ export async function run(argv: string[]): Promise<number> {
 
   async function serve(): Promise<number> {
     if (flags.waitForDns) {
+      // Loaded only for -D: it brings node:http/https/tls (the proxy settings name hosts too).
+      const { namesToWaitFor, waitForNames } = await import("./dns-wait.js");
       const names = namesToWaitFor(cfg as NonNullable<typeof cfg>);
       const resolved = await waitForNames(names, log, {
         signal: stopWaiting.signal,

@@ -20,14 +20,13 @@ import { deferredHandshake, type Established, HandshakeError, runHandshake } fro
 import type { Logger } from "./log.js";
 import { type ConnectionLabels, NO_OBSERVER, type Outcome, type TunnelObserver } from "./observer.js";
 import { type PendingEntry, PendingSet } from "./pending.js";
-import { createHandshake, prepareProtocol } from "./protocol/index.js";
+import { createHandshake, prepareProtocol, prepareSpareKeyPair } from "./protocol/index.js";
 import type { Session } from "./protocol/types.js";
 import { type PumpHandle, type PumpResult, pump } from "./pump.js";
 import { FailureSummary, SUMMARY_INTERVAL_MS } from "./summary.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
 import { DISCARD, type Link, type Listener, OwnedLink } from "./transport/link.js";
 import { MAX_PROXY_HEADER, parseProxyHeader } from "./transport/proxyproto.js";
-import { wsClientWarnings } from "./transport/ws.js";
 
 /** How long a connection that ended cleanly may take to finish its closing handshake. */
 const LINGER_MS = 10_000;
@@ -44,7 +43,8 @@ interface StallMark {
 
 /**
  * A connection being pumped, as the idle/stall sweeper sees it; it is also the pump's handle (its
- * counters and cut()). Kept small: an idle connection holds one of these for its whole life.
+ * counters and cut()) and all the tunnel keeps of it until it ends (no suspended serve function):
+ * kept small, since an idle connection holds one of these for its whole life.
  */
 interface Served extends PumpHandle {
   plain: OwnedLink;
@@ -57,13 +57,12 @@ interface Served extends PumpHandle {
   /** Stall marks of the plain and the encrypted link, while each has bytes queued. */
   plainStall: StallMark | null;
   encStall: StallMark | null;
-}
-
-/** What the end of a pumped connection is logged with. */
-interface Ended {
+  /** What its end is logged with. */
   session: Session;
   log: Logger;
   started: number;
+  /** It holds a -n slot, given back when it ends. */
+  slot: boolean;
 }
 
 interface Waiter {
@@ -93,6 +92,9 @@ export class Tunnel {
   private evictWarned = false;
   private warnedV1 = false;
   private notedSpiped = false;
+  /** A spare key pair is to be made once this turn of the event loop is over. */
+  private spareScheduled = false;
+  private readonly usesSpareKeys: boolean;
   private readonly idle: (() => void)[] = [];
   private readonly labels: ConnectionLabels;
   /** True once stop() began: no new connection is taken. */
@@ -127,6 +129,7 @@ export class Tunnel {
             ? "unix"
             : "tcp";
     this.labels = { role: cfg.mode === "encrypt" ? "client" : "server", transport: encTransport };
+    this.usesSpareKeys = cfg.protocol === "monopiped2" || cfg.protocol === "auto";
   }
 
   get address(): string {
@@ -140,15 +143,23 @@ export class Tunnel {
 
   /** Bind the listener and start serving. */
   async start(): Promise<void> {
-    for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
+    if (this.cfg.target.kind === "ws") {
+      // The WebSocket code is loaded only by an end that uses it.
+      const { wsClientWarnings } = await import("./transport/ws.js");
+      for (const warning of wsClientWarnings(this.cfg)) this.log.warn(warning);
+    }
     if (this.cfg.mode === "decrypt" && this.cfg.protocol === "auto") {
       this.log.warn(
         "--protocol auto also serves monopiped1 clients: a replayed monopiped1 handshake reaches the target (monopiped1 has no key confirmation); use --protocol monopiped2 once no monopiped1 clients remain",
       );
     }
     // Before listening, so that the ready line means ready: for spiped on Node 22+ this takes
-    // ~350 ms of CPU, which would otherwise stall the first connection.
-    prepareProtocol(this.cfg.protocol);
+    // ~350 ms of CPU, which would otherwise stall the first connection. A client in "auto" mode
+    // speaks monopiped2 and needs no other protocol's code.
+    await prepareProtocol(
+      this.cfg.mode === "encrypt" && this.cfg.protocol === "auto" ? "monopiped2" : this.cfg.protocol,
+    );
+    if (this.usesSpareKeys) prepareSpareKeyPair();
     this.listener = await listenLinks(this.cfg, this.log, (link) => this.admit(link), this.pending);
   }
 
@@ -210,7 +221,8 @@ export class Tunnel {
    * Serve one connection whose plain side is already open (`monopiped pipe`: standard input and
    * output), without a listener or a slot. Resolves true when it ended cleanly.
    */
-  serveOne(plain: Link): Promise<boolean> {
+  async serveOne(plain: Link): Promise<boolean> {
+    await prepareProtocol(this.cfg.protocol === "auto" ? "monopiped2" : this.cfg.protocol);
     return this.serveClient(new OwnedLink(plain), false);
   }
 
@@ -363,6 +375,9 @@ export class Tunnel {
     this.servedLinks.add(conn);
     log.info({ peer, protocol: session.protocol }, "connection opened");
     let plain: OwnedLink | null = null;
+    // Once the pump runs, pumpAndLog gives the links and the slot back when it ends; this
+    // function returns then and does not stay suspended for the connection's whole life.
+    let handedOff = false;
     try {
       // The CLI refuses this; the check narrows the type before any work is done.
       if (this.cfg.target.kind === "ws") throw new Error("a decrypt-mode target cannot be a WebSocket URL");
@@ -377,11 +392,15 @@ export class Tunnel {
         return false;
       }
       this.servedLinks.add(plain);
-      return await this.pumpAndLog(plain, conn, session, rest, log, peer, started, false);
+      const running = this.pumpAndLog(plain, conn, session, rest, log, peer, started, false, true);
+      handedOff = true;
+      return running;
     } finally {
-      this.servedLinks.delete(conn);
-      if (plain) this.servedLinks.delete(plain);
-      this.releaseSlot();
+      if (!handedOff) {
+        this.servedLinks.delete(conn);
+        if (plain) this.servedLinks.delete(plain);
+        this.releaseSlot();
+      }
     }
   }
 
@@ -437,6 +456,7 @@ export class Tunnel {
     this.servedLinks.add(plain);
     log.info({ peer }, "connection opened");
     let enc: OwnedLink | null = null;
+    let handedOff = false; // as in serveServer
     try {
       let est: Established;
       try {
@@ -465,17 +485,22 @@ export class Tunnel {
         return false;
       }
       this.observer.handshakeDone(this.labels, est.session.protocol, (Date.now() - started) / 1000);
-      return await this.pumpAndLog(plain, enc, est.session, est.rest, log, peer, started, true);
+      const running = this.pumpAndLog(plain, enc, est.session, est.rest, log, peer, started, true, useSlot);
+      handedOff = true;
+      return running;
     } finally {
-      this.servedLinks.delete(plain);
-      if (enc) this.servedLinks.delete(enc);
-      if (useSlot) this.releaseSlot();
+      if (!handedOff) {
+        this.servedLinks.delete(plain);
+        if (enc) this.servedLinks.delete(enc);
+        if (useSlot) this.releaseSlot();
+      }
     }
   }
 
   /**
-   * Pump a connection, then log and count how it ended. Not an async function: an idle connection
-   * waits here for its whole life, and a suspended async frame costs more than the record alone.
+   * Pump a connection, then log and count how it ended, and give back its links and its slot
+   * (`slot`). Not an async function: an idle connection waits here for its whole life, and a
+   * suspended async frame costs more than the record alone.
    */
   private pumpAndLog(
     plain: OwnedLink,
@@ -486,6 +511,7 @@ export class Tunnel {
     peer: string,
     started: number,
     client: boolean,
+    slot: boolean,
   ): Promise<boolean> {
     const s: Served = {
       sent: 0,
@@ -499,26 +525,41 @@ export class Tunnel {
       lastActive: Date.now(),
       plainStall: null,
       encStall: null,
+      session,
+      log,
+      started,
+      slot,
     };
     const running = pump(plain, enc, session, { rest, handle: s });
     this.served.add(s);
     this.startSweeper();
-    const ended: Ended = { session, log, started };
     return running.then(
       (result) => {
         this.served.delete(s);
-        return this.logEnded(s, ended, result);
+        try {
+          return this.logEnded(s, result);
+        } finally {
+          this.giveBack(s);
+        }
       },
       (err: unknown) => {
         this.served.delete(s);
+        this.giveBack(s);
         throw err;
       },
     );
   }
 
+  /** A served connection is over: its links are no longer the tunnel's to cut, its slot is free. */
+  private giveBack(s: Served): void {
+    this.servedLinks.delete(s.plain);
+    this.servedLinks.delete(s.enc);
+    if (s.slot) this.releaseSlot();
+  }
+
   /** A pumped connection ended: let its sockets finish closing, log and count how it ended. */
-  private logEnded(s: Served, { session, log, started }: Ended, result: PumpResult): boolean {
-    const { plain, enc, peer } = s;
+  private logEnded(s: Served, result: PumpResult): boolean {
+    const { plain, enc, peer, session, log, started } = s;
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
     log[level](
@@ -566,7 +607,22 @@ export class Tunnel {
       helloLabel: `${this.cfg.helloTimeoutMs / 1000} s`,
       initial,
     });
+    this.scheduleSpareKeyPair();
     return est;
+  }
+
+  /**
+   * monopiped2's ephemeral key pair is the costliest step of a handshake; making the next one
+   * once this turn of the event loop is over takes it off the next connection's way (a stranger's
+   * failed handshake uses none, so it does not make one either).
+   */
+  private scheduleSpareKeyPair(): void {
+    if (!this.usesSpareKeys || this.spareScheduled) return;
+    this.spareScheduled = true;
+    setImmediate(() => {
+      this.spareScheduled = false;
+      prepareSpareKeyPair();
+    });
   }
 
   /** Once per process: what the compatibility protocols do not protect. */

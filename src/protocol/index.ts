@@ -11,13 +11,40 @@
  * fixed cost per key for a first message that does not authenticate (see each protocol's
  * handshake, and docs/SECURITY.md).
  */
-import { serverAutoHandshake } from "./detect.js";
-import { type Monopiped1Keys, monopiped1Handshake, monopiped1Keys } from "./monopiped1.js";
+import type { Monopiped1Keys } from "./monopiped1.js";
 import { type Monopiped2Key, monopiped2Handshake, monopiped2Key } from "./monopiped2.js";
-import { prepareSpiped, type SpipedOptions, spipedHandshake, spipedKey } from "./spiped.js";
+import type { SpipedOptions } from "./spiped.js";
 import type { Handshake, ProtocolName, Role } from "./types.js";
 
+/**
+ * The compatibility protocols' code is loaded only when the configuration needs it
+ * (loadProtocols, at start-up): monopiped1 brings @noble and libsodium, spiped its DH group, and
+ * an end that speaks monopiped2 only should not carry them (a few MiB of an idle end's memory).
+ */
+type Monopiped1Module = typeof import("./monopiped1.js");
+type SpipedModule = typeof import("./spiped.js");
+type DetectModule = typeof import("./detect.js");
+let v1Module: Monopiped1Module | null = null;
+let spipedModule: SpipedModule | null = null;
+let detectModule: DetectModule | null = null;
+
+/** Load the code `choice` needs beyond monopiped2 ("all": every protocol, for tests and tools). */
+export async function loadProtocols(choice: ProtocolChoice | "all"): Promise<void> {
+  if (choice === "monopiped1" || choice === "auto" || choice === "all")
+    v1Module ??= await import("./monopiped1.js");
+  if (choice === "auto" || choice === "all") detectModule ??= await import("./detect.js");
+  if (choice === "spiped" || choice === "all") spipedModule ??= await import("./spiped.js");
+}
+
+function loaded<T>(m: T | null, name: string): T {
+  if (!m) throw new Error(`the ${name} code is not loaded (loadProtocols)`);
+  return m;
+}
+
 export type ProtocolChoice = "auto" | ProtocolName;
+
+/** monopiped2's next ephemeral key pair made ahead of time (the tunnel calls it when idle). */
+export { prepareSpareKeyPair } from "./x25519.js";
 
 export const PROTOCOL_ALIASES: Record<string, ProtocolChoice> = {
   auto: "auto",
@@ -48,11 +75,11 @@ class LazyKeys implements Keys {
     return this.v2;
   }
   get monopiped1(): Monopiped1Keys {
-    this.v1 ??= monopiped1Keys(this.keyFile);
+    this.v1 ??= loaded(v1Module, "monopiped1").monopiped1Keys(this.keyFile);
     return this.v1;
   }
   get spiped(): Buffer {
-    this.sp ??= spipedKey(this.keyFile);
+    this.sp ??= loaded(spipedModule, "spiped").spipedKey(this.keyFile);
     return this.sp;
   }
 }
@@ -61,9 +88,13 @@ export function prepareKeys(keyFile: Buffer): Keys {
   return new LazyKeys(keyFile);
 }
 
-/** One-time set-up a protocol needs before its first handshake (spiped's DH group object). */
-export function prepareProtocol(choice: ProtocolChoice): void {
-  if (choice === "spiped") prepareSpiped();
+/**
+ * Load the code a protocol needs and do its one-time set-up (spiped's DH group object), before
+ * its first handshake.
+ */
+export async function prepareProtocol(choice: ProtocolChoice): Promise<void> {
+  await loadProtocols(choice);
+  if (choice === "spiped") loaded(spipedModule, "spiped").prepareSpiped();
 }
 
 export function createHandshake(
@@ -77,13 +108,13 @@ export function createHandshake(
   const keys = role === "client" ? keySets.slice(0, 1) : keySets;
   switch (choice) {
     case "spiped":
-      return spipedHandshake(
+      return loaded(spipedModule, "spiped").spipedHandshake(
         role,
         keys.map((k) => k.spiped),
         spipedOptions,
       );
     case "monopiped1":
-      return monopiped1Handshake(
+      return loaded(v1Module, "monopiped1").monopiped1Handshake(
         role,
         keys.map((k) => k.monopiped1),
       );
@@ -94,7 +125,7 @@ export function createHandshake(
       );
     case "auto":
       return role === "server"
-        ? serverAutoHandshake(keys)
+        ? loaded(detectModule, "protocol detection").serverAutoHandshake(keys)
         : monopiped2Handshake(
             role,
             keys.map((k) => k.monopiped2),

@@ -8,7 +8,13 @@
  * generateKeyPairSync key as JWK can deadlock Node 20 under GC pressure (a mutex held while V8
  * allocates), and the random-bytes route is as fast.
  */
-import { createPrivateKey, createPublicKey, diffieHellman, type KeyObject, randomBytes } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  type KeyObject,
+  randomFillSync,
+} from "node:crypto";
 
 export interface KeyPair {
   privateKey: KeyObject;
@@ -53,15 +59,58 @@ export function publicKeyBytes(privateKey: KeyObject): Buffer {
   return Buffer.from(createPublicKey(privateKey).export({ format: "jwk" }).x as string, "base64url");
 }
 
-export function keyPairFromSecret(secret: Buffer): KeyPair {
-  const privateKey = privateKeyFromSecret(secret);
-  return { privateKey, publicKey: publicKeyBytes(privateKey) };
+/**
+ * The public half of a key pair made here: the private key's own JWK export carries it, one call
+ * and no second KeyObject (its `d` is the secret, which the JWK import already had as a string).
+ */
+function ownPublicKeyBytes(privateKey: KeyObject): Buffer {
+  return Buffer.from(privateKey.export({ format: "jwk" }).x as string, "base64url");
 }
 
+export function keyPairFromSecret(secret: Buffer): KeyPair {
+  const privateKey = privateKeyFromSecret(secret);
+  return { privateKey, publicKey: ownPublicKeyBytes(privateKey) };
+}
+
+/**
+ * Fresh secrets come from one random fill per 64 keys: a `randomBytes(32)` per key pair cost
+ * 9-14 µs (an OpenSSL call and a new buffer each). Each secret's bytes are zeroed once imported.
+ */
+const SECRETS_PER_FILL = 64;
+const secretPool = Buffer.alloc(32 * SECRETS_PER_FILL);
+let secretOffset = secretPool.length;
+
 export function generateKeyPair(): KeyPair {
-  const secret = randomBytes(32);
-  const pair = keyPairFromSecret(secret);
-  secret.fill(0);
+  if (secretOffset === secretPool.length) {
+    randomFillSync(secretPool);
+    secretOffset = 0;
+  }
+  const secret = secretPool.subarray(secretOffset, secretOffset + 32);
+  secretOffset += 32;
+  try {
+    return keyPairFromSecret(secret);
+  } finally {
+    secret.fill(0);
+  }
+}
+
+/**
+ * One key pair made ahead of time, so that a handshake does not wait for it: the tunnel asks for
+ * it when it has nothing else to do (after a handshake, and at start-up), the next handshake's
+ * ephemeral takes it. Used once, like any other fresh key pair.
+ */
+let spare: KeyPair | null = null;
+
+/** Make the spare key pair now, if there is none. */
+export function prepareSpareKeyPair(): void {
+  spare ??= generateKeyPair();
+}
+
+/** A fresh key pair: the spare made ahead of time if there is one, else a new one. */
+export function freshKeyPair(): KeyPair {
+  const pair = spare;
+  if (!pair) return generateKeyPair();
+  spare = null;
   return pair;
 }
 

@@ -16,7 +16,14 @@ import {
   SocketLink,
   tuneSocket,
 } from "./tcp.js";
-import { dialWebSocket, listenWebSocket } from "./ws.js";
+
+/** The WebSocket transport (and the `ws` package) is loaded only by an end that uses it, once. */
+type WsTransport = typeof import("./ws.js");
+let wsLoaded: Promise<WsTransport> | null = null;
+const wsTransport = (): Promise<WsTransport> => {
+  wsLoaded ??= import("./ws.js");
+  return wsLoaded;
+};
 
 export async function listenLinks(
   cfg: Config,
@@ -26,7 +33,7 @@ export async function listenLinks(
 ): Promise<Listener> {
   const at = cfg.listen;
   if (at.kind === "stdio") throw new Error("standard input/output is not a listener");
-  if (cfg.wsListen) return listenWebSocket(cfg, at, log, onLink, pending);
+  if (cfg.wsListen) return (await wsTransport()).listenWebSocket(cfg, at, log, onLink, pending);
   const server = await listenSocket(
     at,
     (socket) => {
@@ -52,6 +59,7 @@ export async function dialSocketLink(addr: SocketAddress, cfg: Config): Promise<
 
 /** The encrypted leg of an encrypt-mode (client) connection. */
 export function dialEncrypted(cfg: Config): Promise<Link> {
-  if (cfg.target.kind === "ws") return dialWebSocket(cfg.target, cfg);
-  return dialSocketLink(cfg.target, cfg);
+  const target = cfg.target;
+  if (target.kind === "ws") return wsTransport().then((ws) => ws.dialWebSocket(target, cfg));
+  return dialSocketLink(target, cfg);
 }

@@ -14,10 +14,13 @@ import { fileURLToPath } from "node:url";
 import "../helpers/stop-all.js";
 import WebSocket from "ws";
 import type { LogLine, RunningEnd } from "../../src/harness.js";
-import { createHandshake, prepareKeys } from "../../src/protocol/index.js";
+import { createHandshake, loadProtocols, prepareKeys } from "../../src/protocol/index.js";
 import type { ProtocolName, Session } from "../../src/protocol/types.js";
 import { Fleet } from "../helpers/fleet.js";
 import { echoHandler, echoWithoutHalfClose } from "../helpers/net.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 const APP = fileURLToPath(new URL("../../../test/helpers/app.py", import.meta.url));
 const fleet = new Fleet();

@@ -4,7 +4,16 @@
  * it prints CPU time (user + system, median of 5 runs; the machine may be loaded), for docs/SECURITY.md.
  */
 import { randomBytes } from "node:crypto";
-import { createHandshake, type Keys, type ProtocolChoice, prepareKeys } from "../../src/protocol/index.js";
+import {
+  createHandshake,
+  type Keys,
+  loadProtocols,
+  type ProtocolChoice,
+  prepareKeys,
+} from "../../src/protocol/index.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 const N = Number(process.env.BOGUS_COST_N ?? 5000);
 

@@ -17,7 +17,13 @@ import * as wsModule from "ws";
 import { AddressError, parseAddress } from "../../src/address.js";
 import { parseRunArgs, UsageError } from "../../src/cli.js";
 import { ProtocolError } from "../../src/protocol/errors.js";
-import { createHandshake, type Keys, type ProtocolChoice, prepareKeys } from "../../src/protocol/index.js";
+import {
+  createHandshake,
+  type Keys,
+  loadProtocols,
+  type ProtocolChoice,
+  prepareKeys,
+} from "../../src/protocol/index.js";
 import { monopiped1Handshake } from "../../src/protocol/monopiped1.js";
 import {
   HEADER_LEN,
@@ -37,6 +43,9 @@ import type {
   Session,
 } from "../../src/protocol/types.js";
 import { MAX_PAYLOAD as WS_MAX_PAYLOAD } from "../../src/transport/ws-link.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 export class InvariantError extends Error {}
 

@@ -5,8 +5,17 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ProtocolError } from "../../src/protocol/errors.js";
-import { createHandshake, type Keys, type ProtocolChoice, prepareKeys } from "../../src/protocol/index.js";
+import {
+  createHandshake,
+  type Keys,
+  loadProtocols,
+  type ProtocolChoice,
+  prepareKeys,
+} from "../../src/protocol/index.js";
 import type { Handshake } from "../../src/protocol/types.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 const A = prepareKeys(Buffer.from("multi-key test key file A\n"));
 const B = prepareKeys(Buffer.from("multi-key test key file B\n"));

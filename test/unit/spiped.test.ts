@@ -9,7 +9,7 @@ import { createCipheriv, createHash, createHmac, pbkdf2Sync, randomBytes } from 
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { ProtocolError } from "../../src/protocol/errors.js";
-import { createHandshake, prepareKeys } from "../../src/protocol/index.js";
+import { createHandshake, loadProtocols, prepareKeys } from "../../src/protocol/index.js";
 import {
   _internal,
   DH_MESSAGE_LEN,
@@ -20,6 +20,9 @@ import {
   spipedKey,
 } from "../../src/protocol/spiped.js";
 import type { Handshake, OpenEvent, Session } from "../../src/protocol/types.js";
+
+// The compatibility protocols' code is loaded on demand (as an end does at start-up).
+await loadProtocols("all");
 
 const KEY_FILE = randomBytes(48);
 const K = createHash("sha256").update(KEY_FILE).digest(); // §1, computed here, not by the module

@@ -45,6 +45,28 @@ const POOL_SIZE = 8192;
 const pool = Buffer.alloc(POOL_SIZE);
 let poolUsed = POOL_SIZE;
 
+/**
+ * Frames are built in one shared scratch buffer while the sockets take them at once: a write that
+ * the kernel (or TLS) accepts whole leaves nothing queued, and the buffer is free again. A write
+ * that has to wait keeps it: the next frames get a new scratch buffer (see settle()).
+ */
+const SCRATCH_SIZE = 256 * 1024;
+let scratch: Buffer | null = null;
+
+function take(total: number): Buffer {
+  if (total > SCRATCH_SIZE) return Buffer.allocUnsafe(total);
+  scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE);
+  return scratch.subarray(0, total);
+}
+
+/**
+ * After `written` went to a socket: `queued` says whether the socket still holds unwritten bytes
+ * (it may then hold `written` itself, which must not be overwritten).
+ */
+export function settle(written: Buffer, queued: boolean): void {
+  if (queued && scratch !== null && written.buffer === scratch.buffer) scratch = null;
+}
+
 /** Header length of an unmasked frame carrying `n` payload bytes (a masked one has 4 more). */
 export function headerLength(n: number): number {
   return n < 126 ? 2 : n < 65536 ? 4 : 10;
@@ -71,13 +93,14 @@ function writeHeader(out: Buffer, off: number, n: number, masked: boolean): numb
 }
 
 /**
- * Frame `chunks` (one message each) for a client: masked, into one new buffer of header + masked
- * payload per message (a client has to copy the payload anyway to mask it).
+ * Frame `chunks` (one message each) for a client: masked, into one buffer of header + masked
+ * payload per message (a client has to copy the payload anyway to mask it). The buffer may be the
+ * scratch buffer: call settle() once it is written.
  */
 export function frameMasked(chunks: readonly Buffer[]): Buffer {
   let total = 0;
   for (const c of chunks) total += headerLength(c.length) + 4 + c.length;
-  const out = Buffer.allocUnsafe(total);
+  const out = take(total);
   let off = 0;
   for (const c of chunks) {
     const n = c.length;
@@ -106,12 +129,13 @@ const COPY_MAX = 16 * 1024;
 /**
  * Frame `chunks` (one message each) for a server: unmasked. Small messages are copied behind their
  * headers into one buffer; a large one is not copied, its header is a piece of its own. Returns the
- * pieces to write, in order.
+ * pieces to write, in order; the first may be in the scratch buffer: call settle() on it once they
+ * are written.
  */
 export function frameUnmasked(chunks: readonly Buffer[]): Buffer[] {
   let small = 0;
   for (const c of chunks) small += headerLength(c.length) + (c.length < COPY_MAX ? c.length : 0);
-  const out = Buffer.allocUnsafe(small);
+  const out = take(small);
   const pieces: Buffer[] = [];
   let start = 0;
   let off = 0;

@@ -11,10 +11,11 @@
  * UNANSWERED_CLOSE_MS after our Close, and the connection is closed then.
  */
 import { EventEmitter } from "node:events";
+import net from "node:net";
 import type { Duplex } from "node:stream";
 import WebSocket from "ws";
 import type { Link } from "./link.js";
-import { frameMasked, frameUnmasked } from "./ws-frame.js";
+import { frameMasked, frameUnmasked, settle } from "./ws-frame.js";
 
 /** Largest message accepted: above any record (65535 + 35 bytes) and monopiped1's 1060-byte frames. */
 export const MAX_PAYLOAD = 128 * 1024;
@@ -291,24 +292,32 @@ export class WsLink extends EventEmitter implements Link {
    * the wire.
    */
   private sendDirect(chunks: Buffer[]): void {
+    const socket = this.socket;
     if (this.opts.role === "client") {
       const frame = frameMasked(chunks);
       this.accepted += frame.length;
-      this.socket.write(frame);
+      socket.write(frame);
+      settle(frame, this.holdsWrites());
       return;
     }
     const pieces = frameUnmasked(chunks);
     if (pieces.length === 1) {
       this.accepted += pieces[0].length;
-      this.socket.write(pieces[0]);
-      return;
+      socket.write(pieces[0]);
+    } else {
+      socket.cork();
+      for (const p of pieces) {
+        this.accepted += p.length;
+        socket.write(p);
+      }
+      socket.uncork();
     }
-    this.socket.cork();
-    for (const p of pieces) {
-      this.accepted += p.length;
-      this.socket.write(p);
-    }
-    this.socket.uncork();
+    settle(pieces[0], this.holdsWrites());
+  }
+
+  /** Whether the socket may still hold a buffer written to it (anything but a plain or TLS socket may). */
+  private holdsWrites(): boolean {
+    return !(this.socket instanceof net.Socket) || this.socket.writableLength > 0;
   }
 
   /** @internal */

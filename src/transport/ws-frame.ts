@@ -48,13 +48,16 @@ let poolUsed = POOL_SIZE;
 /**
  * Frames are built in one shared scratch buffer while the sockets take them at once: a write that
  * the kernel (or TLS) accepts whole leaves nothing queued, and the buffer is free again. A write
- * that has to wait keeps it: the next frames get a new scratch buffer (see settle()).
+ * that has to wait keeps it (see settle()); while writes keep waiting (a congested path), each
+ * batch gets a buffer of its own size, and a new scratch buffer only once a write goes through
+ * whole again (a large one, allocated per batch, would cost more than it saves).
  */
-const SCRATCH_SIZE = 256 * 1024;
+const SCRATCH_SIZE = 128 * 1024;
 let scratch: Buffer | null = null;
+let congested = false;
 
 function take(total: number): Buffer {
-  if (total > SCRATCH_SIZE) return Buffer.allocUnsafe(total);
+  if (total > SCRATCH_SIZE || (scratch === null && congested)) return Buffer.allocUnsafe(total);
   scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE);
   return scratch.subarray(0, total);
 }
@@ -64,6 +67,7 @@ function take(total: number): Buffer {
  * (it may then hold `written` itself, which must not be overwritten).
  */
 export function settle(written: Buffer, queued: boolean): void {
+  congested = queued;
   if (queued && scratch !== null && written.buffer === scratch.buffer) scratch = null;
 }
 

@@ -18,10 +18,7 @@ type ReceiverT = NodeJS.WritableStream & {
   on(ev: "message", f: (data: Buffer, isBinary: boolean) => void): ReceiverT;
   on(ev: "error", f: (err: Error) => void): ReceiverT;
 };
-const Receiver = ws.Receiver as new (o: {
-  isServer: boolean;
-  maxPayload: number;
-}) => ReceiverT;
+const Receiver = ws.Receiver as new (o: { isServer: boolean; maxPayload: number }) => ReceiverT;
 
 const SIZES = [0, 1, 47, 48, 125, 126, 1060, 16383, 16384, 65535, 65536, 65570, 200_000];
 

@@ -292,6 +292,7 @@ export class WsLink extends EventEmitter implements Link {
    * the wire.
    */
   private sendDirect(chunks: Buffer[]): void {
+    if (chunks.length === 0) return;
     const socket = this.socket;
     if (this.opts.role === "client") {
       const frame = frameMasked(chunks);

@@ -11,9 +11,11 @@
  * UNANSWERED_CLOSE_MS after our Close, and the connection is closed then.
  */
 import { EventEmitter } from "node:events";
+import net from "node:net";
 import type { Duplex } from "node:stream";
 import WebSocket from "ws";
 import type { Link } from "./link.js";
+import { frameMasked, frameUnmasked, settle } from "./ws-frame.js";
 
 /** Largest message accepted: above any record (65535 + 35 bytes) and monopiped1's 1060-byte frames. */
 export const MAX_PAYLOAD = 128 * 1024;
@@ -66,10 +68,33 @@ interface WsInternals {
   _closeMessage?: Buffer;
 }
 
-/** A WebSocket as a Link. Created paused; messages that arrive while paused wait in order. */
+/** The link reading a socket, for the two listeners below (shared: no closures per link). */
+const LINK_OF = Symbol("WsLink");
+type LinkedSocket = Duplex & { [LINK_OF]?: WsLink };
+/** Before ws parses a read: whether this read began while the link was reading. */
+function onReadStart(this: LinkedSocket): void {
+  const link = this[LINK_OF];
+  if (link) link.inRead = !link.isPaused;
+}
+/** After ws parsed it. */
+function onReadEnd(this: LinkedSocket): void {
+  const link = this[LINK_OF];
+  if (link) link.inRead = false;
+}
+
+/**
+ * A WebSocket as a Link. Created paused; messages that arrive while paused wait in order.
+ *
+ * pause() takes effect at the end of the socket read in progress, as with a TCP link (whose read in
+ * progress is one chunk, delivered whole): ws parses a read to its end, and the messages of a read
+ * that began while the link was reading are delivered, the socket is not read again until
+ * resume(). Anything else that arrives while paused waits in the queue.
+ */
 export class WsLink extends EventEmitter implements Link {
   readonly messageFramed = true;
   private paused = true;
+  /** @internal A socket read that began while reading is being parsed (see onReadStart). */
+  inRead = false;
   private readonly queue: Buffer[] = [];
   private flushScheduled = false;
   /** The peer closed cleanly (1000 / 1005): 'end' once the queue is delivered. */
@@ -106,7 +131,13 @@ export class WsLink extends EventEmitter implements Link {
     private readonly opts: WsLinkOptions,
   ) {
     super();
+    // Frame our messages ourselves, straight onto the socket ws writes to (see ws-frame.ts), where
+    // that socket is the one we were given; anything else goes through ws.send.
+    this.direct = (ws as unknown as { _socket?: Duplex })._socket === socket;
     ws.pause();
+    (socket as LinkedSocket)[LINK_OF] = this;
+    socket.prependListener("data", onReadStart);
+    socket.on("data", onReadEnd);
     ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on("ping", () => {
       this.heardSincePing = true;
@@ -214,7 +245,9 @@ export class WsLink extends EventEmitter implements Link {
     if (!this.paused && this.queue.length === 0) this.finishClean();
   }
 
-  /** Payload bytes handed to the WebSocket so far; sentBytes never goes back. */
+  /** Our messages are framed here and written to the socket directly (else through ws.send). */
+  private readonly direct: boolean;
+  /** Bytes handed to the WebSocket so far (with their frame headers); sentBytes never goes back. */
   private accepted = 0;
   private sentHigh = 0;
 
@@ -236,17 +269,61 @@ export class WsLink extends EventEmitter implements Link {
       }
       return false;
     }
-    // One vectored write for all the messages of a batch, not one per message.
-    this.socket.cork();
-    for (const c of chunks) {
-      this.accepted += c.length;
-      this.ws.send(c, SEND_OPTIONS);
+    if (this.direct) this.sendDirect(chunks);
+    else {
+      // One vectored write for all the messages of a batch, not one per message.
+      this.socket.cork();
+      for (const c of chunks) {
+        this.accepted += c.length;
+        this.ws.send(c, SEND_OPTIONS);
+      }
+      this.socket.uncork();
     }
-    this.socket.uncork();
     if (this.answerDeferred) this.closeTimer?.refresh();
     if (this.ws.bufferedAmount < HIGH_WATER) return true;
     this.needDrain = true;
     return false;
+  }
+
+  /**
+   * The batch as binary frames, as ws would send them: a client's (masked) in one buffer and one
+   * write; a server's small ones in one buffer, a large one beside its header. Frames that ws
+   * queues (pings, a Close) go straight to the socket too, so the order of calls is the order on
+   * the wire.
+   */
+  private sendDirect(chunks: Buffer[]): void {
+    if (chunks.length === 0) return;
+    const socket = this.socket;
+    if (this.opts.role === "client") {
+      const frame = frameMasked(chunks);
+      this.accepted += frame.length;
+      socket.write(frame);
+      settle(frame, this.holdsWrites());
+      return;
+    }
+    const pieces = frameUnmasked(chunks);
+    if (pieces.length === 1) {
+      this.accepted += pieces[0].length;
+      socket.write(pieces[0]);
+    } else {
+      socket.cork();
+      for (const p of pieces) {
+        this.accepted += p.length;
+        socket.write(p);
+      }
+      socket.uncork();
+    }
+    settle(pieces[0], this.holdsWrites());
+  }
+
+  /** Whether the socket may still hold a buffer written to it (anything but a plain or TLS socket may). */
+  private holdsWrites(): boolean {
+    return !(this.socket instanceof net.Socket) || this.socket.writableLength > 0;
+  }
+
+  /** @internal */
+  get isPaused(): boolean {
+    return this.paused;
   }
 
   pause(): void {
@@ -305,7 +382,7 @@ export class WsLink extends EventEmitter implements Link {
     }
     this.heardSincePing = true;
     if (this.awaitingAnswer) this.closeTimer?.refresh();
-    if (this.paused || this.queue.length > 0) this.queue.push(data);
+    if (this.queue.length > 0 || (this.paused && !this.inRead)) this.queue.push(data);
     else this.emit("data", data);
   }
 

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { mkdtempSync, rmSync } from "node:fs";
 import http from "node:http";
@@ -404,6 +405,72 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
       assert.ok(
         opened.length > 0 && opened.every((l) => l.peer === "127.0.0.1" || /:\d+$/.test(String(l.peer))),
       );
+    });
+
+    test("applications that read slowly on both sides: 24 MiB each way arrives intact, monopiped2 and monopiped1", async () => {
+      // Both directions at once, each reader pausing after every 256 KiB: the WebSocket links pause
+      // and resume all the time (a pause takes effect at the end of the socket read in progress).
+      const BYTES = 24 * MiB;
+      const slowRead = (s: net.Socket) =>
+        new Promise<{ bytes: number; sha: string }>((resolve, reject) => {
+          const h = createHash("sha256");
+          let bytes = 0;
+          let sincePause = 0;
+          s.on("data", (d: Buffer) => {
+            h.update(d);
+            bytes += d.length;
+            sincePause += d.length;
+            if (sincePause >= 256 * 1024) {
+              sincePause = 0;
+              s.pause();
+              setTimeout(() => s.resume(), 3);
+            }
+          });
+          s.on("end", () => resolve({ bytes, sha: h.digest("hex") }));
+          s.on("error", reject);
+        });
+      const push = (s: net.Socket, data: Buffer) => {
+        for (let i = 0; i < data.length; i += 100_000) s.write(data.subarray(i, i + 100_000));
+        s.end();
+      };
+      const up = randomBytes(BYTES);
+      const down = randomBytes(BYTES);
+      const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+      const atTarget: Promise<{ bytes: number; sha: string }>[] = [];
+      const target = net.createServer({ allowHalfOpen: true }, (t) => {
+        cleanups.push(() => t.destroy());
+        atTarget.push(slowRead(t));
+        push(t, down);
+      });
+      cleanups.push(() => target.close());
+      await new Promise<void>((r) => target.listen(0, "127.0.0.1", r));
+      const targetPort = (target.address() as net.AddressInfo).port;
+      const slowServer = await end([
+        "-d",
+        "-w",
+        "-l",
+        "127.0.0.1:0",
+        "-t",
+        `127.0.0.1:${targetPort}`,
+        "-k",
+        key,
+        "--protocol",
+        "auto",
+      ]);
+      for (const protocol of ["monopiped2", "monopiped1"]) {
+        const c = await client(`ws://127.0.0.1:${slowServer.port}/`, ["--protocol", protocol]);
+        const s = net.connect({ host: "127.0.0.1", port: c.port, allowHalfOpen: true });
+        cleanups.push(() => s.destroy());
+        const atApp = slowRead(s);
+        await once(s, "connect");
+        push(s, up);
+        const got = await atApp;
+        assert.equal(got.bytes, BYTES, `${protocol}: bytes at the application`);
+        assert.equal(got.sha, sha(down), `${protocol}: sha256 at the application`);
+        const there = await (atTarget.at(-1) as Promise<{ bytes: number; sha: string }>);
+        assert.equal(there.bytes, BYTES, `${protocol}: bytes at the target`);
+        assert.equal(there.sha, sha(up), `${protocol}: sha256 at the target`);
+      }
     });
 
     test("monopiped1 (the original protocol): an exchange, then a clean close on both ends", async () => {

@@ -18,7 +18,10 @@ export interface Link extends EventEmitter {
   readonly messageFramed: boolean;
   /** Send buffers (each one message on a message-framed link). False: wait for 'drain'. */
   send(chunks: Buffer[]): boolean;
-  /** Stop / restart 'data' events (backpressure towards the peer). */
+  /**
+   * Stop / restart 'data' events (backpressure towards the peer). A pause takes effect at the end
+   * of the read being delivered: the rest of that read still arrives.
+   */
   pause(): void;
   resume(): void;
   /** Finish our sending direction cleanly once everything queued is out (TCP FIN, WebSocket close). */

@@ -15,6 +15,7 @@ export { type KeyPair, keyPairFromSecret, prepareSpareKeyPair } from "./x25519.j
 
 export const DHLEN = 32;
 export const TAGLEN = 16;
+const EMPTY = Buffer.alloc(0);
 export type NoiseHash = "BLAKE2b" | "SHA256";
 
 /** X25519; a low-order peer key (all-zero shared secret) is refused, as Noise allows. */
@@ -117,22 +118,17 @@ export class CipherState {
   /** Encrypt `plain` with associated data `ad`; returns ciphertext || tag. Without a key, returns plain. */
   encryptWithAd(ad: Buffer, plain: Buffer): Buffer {
     if (!this.key) return plain;
-    const cipher = createCipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
-      authTagLength: TAGLEN,
-    });
-    if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: plain.length });
-    const body = cipher.update(plain);
-    cipher.final();
-    this.n++;
-    return Buffer.concat([body, cipher.getAuthTag()], plain.length + TAGLEN);
+    const out = Buffer.allocUnsafe(plain.length + TAGLEN);
+    this.sealTo(out, 0, plain, ad);
+    return out;
   }
 
   /**
-   * Encrypt `plain` (empty associated data) into `out` at `at` as ciphertext || tag; returns the
+   * Encrypt `plain` with associated data `ad` into `out` at `at` as ciphertext || tag; returns the
    * end offset. `plain` may be `out[at, at + plain.length)` itself (encryption in place).
    * libsodium where it is loaded: no object, no allocation; otherwise node:crypto, copied.
    */
-  sealTo(out: Buffer, at: number, plain: Buffer): number {
+  sealTo(out: Buffer, at: number, plain: Buffer, ad: Buffer = EMPTY): number {
     if (!this.key) throw new Error("CipherState has no key");
     const nonce = this.currentNonce();
     const len = plain.length;
@@ -142,13 +138,14 @@ export class CipherState {
         out.subarray(at, at + len),
         out.subarray(at + len, at + len + TAGLEN),
         plain,
-        null,
+        ad.length > 0 ? ad : null,
         null,
         nonce,
         this.key,
       );
     } else {
       const cipher = createCipheriv("chacha20-poly1305", this.key, nonce, { authTagLength: TAGLEN });
+      if (ad.length > 0) cipher.setAAD(ad, { plaintextLength: len });
       if (len > 0) cipher.update(plain).copy(out, at);
       cipher.final();
       cipher.getAuthTag().copy(out, at + len);
@@ -158,40 +155,42 @@ export class CipherState {
   }
 
   /**
-   * Decrypt `sealed` (ciphertext || tag, empty associated data) into `out`, which holds exactly
-   * the plaintext's length; throws ProtocolError("bad-record") when it does not authenticate
-   * (`out` may then hold garbage, never released by the caller).
+   * Decrypt `sealed` (ciphertext || tag, associated data `ad`) into `out`, which holds exactly the
+   * plaintext's length; throws ProtocolError(`code`) when it does not authenticate (`out` may then
+   * hold garbage, never released by the caller).
    */
-  openInto(sealed: Buffer, out: Buffer): void {
+  openInto(
+    sealed: Buffer,
+    out: Buffer,
+    ad: Buffer = EMPTY,
+    code: "bad-handshake" | "bad-record" = "bad-record",
+  ): void {
     if (!this.key) throw new Error("CipherState has no key");
     const bodyLen = sealed.length - TAGLEN;
     if (bodyLen < 0 || out.length !== bodyLen) throw new RangeError("openInto: output length mismatch");
     const nonce = this.currentNonce();
     const na = sodium();
-    if (na) {
-      try {
+    try {
+      if (na) {
         na.crypto_aead_chacha20poly1305_ietf_decrypt_detached(
           out,
           null,
           sealed.subarray(0, bodyLen),
           sealed.subarray(bodyLen),
-          null,
+          ad.length > 0 ? ad : null,
           nonce,
           this.key,
         );
-      } catch {
-        throw new ProtocolError("bad-record", "message failed authentication");
-      }
-    } else {
-      const decipher = createDecipheriv("chacha20-poly1305", this.key, nonce, { authTagLength: TAGLEN });
-      decipher.setAuthTag(sealed.subarray(bodyLen));
-      const plain = decipher.update(sealed.subarray(0, bodyLen));
-      try {
+      } else {
+        const decipher = createDecipheriv("chacha20-poly1305", this.key, nonce, { authTagLength: TAGLEN });
+        decipher.setAuthTag(sealed.subarray(bodyLen));
+        if (ad.length > 0) decipher.setAAD(ad, { plaintextLength: bodyLen });
+        const plain = decipher.update(sealed.subarray(0, bodyLen));
         decipher.final();
-      } catch {
-        throw new ProtocolError("bad-record", "message failed authentication");
+        plain.copy(out);
       }
-      plain.copy(out);
+    } catch {
+      throw new ProtocolError(code, "message failed authentication");
     }
     this.n++;
   }
@@ -200,20 +199,9 @@ export class CipherState {
   decryptWithAd(ad: Buffer, sealed: Buffer, code: "bad-handshake" | "bad-record" = "bad-record"): Buffer {
     if (!this.key) return sealed;
     if (sealed.length < TAGLEN) throw new ProtocolError(code, "message shorter than its tag");
-    const bodyLen = sealed.length - TAGLEN;
-    const decipher = createDecipheriv("chacha20-poly1305", this.key, this.currentNonce(), {
-      authTagLength: TAGLEN,
-    });
-    decipher.setAuthTag(sealed.subarray(bodyLen));
-    if (ad.length > 0) decipher.setAAD(ad, { plaintextLength: bodyLen });
-    const plain = decipher.update(sealed.subarray(0, bodyLen));
-    try {
-      decipher.final();
-    } catch {
-      throw new ProtocolError(code, "message failed authentication");
-    }
-    this.n++;
-    return plain;
+    const out = Buffer.allocUnsafe(sealed.length - TAGLEN);
+    this.openInto(sealed, out, ad, code);
+    return out;
   }
 }
 

@@ -56,7 +56,7 @@ function onRead(this: FastSocket, nread: number, buf: Buffer): boolean {
 }
 
 /** The `onread` option for net.connect / new net.Socket. */
-export function onreadOption(): { buffer: Buffer; callback: (nread: number, buf: Buffer) => boolean } {
+function onreadOption(): { buffer: Buffer; callback: (nread: number, buf: Buffer) => boolean } {
   return { buffer: sharedBuffer(), callback: onRead as (nread: number, buf: Buffer) => boolean };
 }
 

@@ -14,24 +14,12 @@ import {
   echoHandler,
   echoRoundTrip,
   keyFile,
+  pausingReceive,
   pseudoRandom,
   type Received,
   receiveAll,
   sendAll,
 } from "../helpers/net.js";
-
-/** receiveAll, but the reader pauses for 1-8 ms after some reads (a deterministic pattern per seed). */
-function stutteringReceive(sock: net.Socket, seed: number): Promise<Received> {
-  let x = seed;
-  sock.on("data", () => {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    if (x % 5 === 0) {
-      sock.pause();
-      setTimeout(() => sock.resume(), 1 + (x % 8));
-    }
-  });
-  return receiveAll(sock);
-}
 
 const MiB = 1024 * 1024;
 const fleet = new Fleet();
@@ -98,20 +86,16 @@ describe("TCP tunnel, end to end", () => {
     const target = await server((s) => {
       const i = n++;
       targetSide.push(
-        Promise.all([
-          stutteringReceive(s, i * 7 + 1),
-          sendAll(s, pseudoRandom(`down${i}`, size, 200_000)),
-        ]).then(([received, sent]) => ({ received, sent })),
+        Promise.all([pausingReceive(s, i * 7 + 1), sendAll(s, pseudoRandom(`down${i}`, size, 200_000))]).then(
+          ([received, sent]) => ({ received, sent }),
+        ),
       );
     });
     const { e } = await pair(target.port);
     const apps = await Promise.all(Array.from({ length: conns }, () => connect(e.port)));
     const appSide = await Promise.all(
       apps.map((app, i) =>
-        Promise.all([
-          stutteringReceive(app, i * 13 + 5),
-          sendAll(app, pseudoRandom(`up${i}`, size, 300_000)),
-        ]),
+        Promise.all([pausingReceive(app, i * 13 + 5), sendAll(app, pseudoRandom(`up${i}`, size, 300_000))]),
       ),
     );
     assert.equal(targetSide.length, conns);

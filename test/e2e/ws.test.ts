@@ -18,6 +18,7 @@ import { echoTransfer } from "../../src/demo.js";
 import { CLI_PATH, type LogLine, type RunningEnd, startEnd } from "../../src/harness.js";
 import { writeKeyFile } from "../../src/keyfile.js";
 import { forwardedFor, noProxyMatches, proxyFor } from "../../src/transport/ws.js";
+import { pausingReceive } from "../helpers/net.js";
 import {
   type ConnectProxy,
   freePort,
@@ -408,27 +409,12 @@ describe("WebSocket transport", { concurrency: 2 }, () => {
     });
 
     test("applications that read slowly on both sides: 24 MiB each way arrives intact, monopiped2 and monopiped1", async () => {
-      // Both directions at once, each reader pausing after every 256 KiB: the WebSocket links pause
+      // Both directions at once, each reader pausing now and then: the WebSocket links pause
       // and resume all the time (a pause takes effect at the end of the socket read in progress).
       const BYTES = 24 * MiB;
+      let seed = 0;
       const slowRead = (s: net.Socket) =>
-        new Promise<{ bytes: number; sha: string }>((resolve, reject) => {
-          const h = createHash("sha256");
-          let bytes = 0;
-          let sincePause = 0;
-          s.on("data", (d: Buffer) => {
-            h.update(d);
-            bytes += d.length;
-            sincePause += d.length;
-            if (sincePause >= 256 * 1024) {
-              sincePause = 0;
-              s.pause();
-              setTimeout(() => s.resume(), 3);
-            }
-          });
-          s.on("end", () => resolve({ bytes, sha: h.digest("hex") }));
-          s.on("error", reject);
-        });
+        pausingReceive(s, ++seed).then((r) => ({ bytes: r.bytes, sha: r.hash }));
       const push = (s: net.Socket, data: Buffer) => {
         for (let i = 0; i < data.length; i += 100_000) s.write(data.subarray(i, i + 100_000));
         s.end();

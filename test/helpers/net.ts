@@ -111,6 +111,19 @@ export function receiveAll(sock: net.Socket): Promise<Received> {
   });
 }
 
+/** receiveAll, but the reader pauses for 1-8 ms after some reads (a deterministic pattern per seed). */
+export function pausingReceive(sock: net.Socket, seed: number): Promise<Received> {
+  let x = seed;
+  sock.on("data", () => {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    if (x % 5 === 0) {
+      sock.pause();
+      setTimeout(() => sock.resume(), 1 + (x % 8));
+    }
+  });
+  return receiveAll(sock);
+}
+
 export function connect(port: number, host = "127.0.0.1"): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ host, port, allowHalfOpen: true }, () => {

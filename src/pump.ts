@@ -67,6 +67,10 @@ class Pump {
   private upDone = false; // application -> tunnel finished (end of stream sent)
   private downDone = false; // tunnel -> application finished (end of stream received)
   private settled = false;
+  /** A message-framed link's read is being delivered (see onEncData): an arena operation is open. */
+  private batchOpen = false;
+  /** Its plaintext so far. */
+  private batch: Buffer[] | null = null;
   // application -> tunnel
   // Node reads 65,536 bytes at a time and a record holds at most maxPlaintext (65,535 for
   // monopiped2): the few bytes past whole records are carried into the next read instead of
@@ -232,8 +236,10 @@ class Pump {
     if (enc.messageFramed && opener.buffered !== 0) {
       throw new ProtocolError("bad-framing", "a WebSocket message did not hold whole records");
     }
-    // The plaintext of every record of this read goes to the application in one (vectored) write.
-    let out: Buffer[] | null = null;
+    // The plaintext of every record of this read goes to the application in one (vectored) write;
+    // from a message-framed link, that of every message of the read (see onEncData).
+    let out: Buffer[] | null = this.batch;
+    this.batch = null;
     for (const ev of events) {
       if (ev.type === "data") {
         if (ev.data.length === 0) continue;
@@ -255,24 +261,46 @@ class Pump {
         return;
       }
     }
-    if (out !== null && !plain.send(out)) enc.pause();
+    if (out === null) return;
+    if (this.batchOpen) this.batch = out;
+    else if (!plain.send(out)) enc.pause();
   }
 
   onEncData(chunk: Buffer): void {
     if (this.settled) return;
     // The opened plaintext is lent from the arena until the application's socket has written it.
-    arena.begin();
+    // A message-framed link (WebSocket) delivers a read as one event per message: their plaintext
+    // is gathered and sent when the read is done (on the next tick, before any other read), as one
+    // write whose memory is free again at once, not one corked write per message.
+    const framed = this.enc.messageFramed;
+    if (!framed) arena.begin();
+    else if (!this.batchOpen) {
+      this.batchOpen = true;
+      arena.begin();
+      process.nextTick(sendBatchOf, this);
+    }
     try {
       this.deliver(chunk);
     } catch (err) {
       const why = err instanceof ProtocolError ? err.message : String(err);
       this.fail(`protocol error from peer: ${why}`, `protocol error: ${why}`);
     } finally {
-      arena.end(this.plain.writtenOut());
+      if (!framed) arena.end(this.plain.writtenOut());
     }
   }
 
+  /** The end of a message-framed link's read: its messages' plaintext goes out. */
+  sendBatch(): void {
+    if (!this.batchOpen) return;
+    this.batchOpen = false;
+    const out = this.batch;
+    this.batch = null;
+    if (out !== null && !this.settled && !this.plain.send(out)) this.enc.pause();
+    arena.end(this.plain.writtenOut());
+  }
+
   onEncEnd(): void {
+    this.sendBatch();
     if (this.settled || this.downDone) return;
     if (this.session.authenticatedEnd) {
       this.fail("encrypted connection cut: it ended without an end-of-stream record (truncated)", null);
@@ -341,4 +369,7 @@ class EncSide implements LinkHandlers {
   close(err?: Error): void {
     this.p.onEncClose(err);
   }
+}
+function sendBatchOf(p: Pump): void {
+  p.sendBatch();
 }

@@ -124,3 +124,14 @@ export function adoptAccepted(socket: net.Socket): net.Socket | null {
   markFast(fresh);
   return fresh;
 }
+
+/**
+ * A socket the HTTP server has just handed over with an upgrade request, as a new socket reading
+ * through `onread` (see adoptAccepted), or null (then `socket` is untouched). The HTTP parser has
+ * let go of the handle by then; nothing may be waiting in the old socket's own buffer.
+ */
+export function adoptUpgraded(socket: net.Socket): net.Socket | null {
+  if (socket.readableLength > 0 || socket.destroyed) return null;
+  socket.pause();
+  return adoptAccepted(socket);
+}

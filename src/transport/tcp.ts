@@ -27,6 +27,8 @@ export interface SocketOptions {
 }
 
 const KEEPALIVE_DELAY_MS = 60_000;
+/** A send of at least this many bytes is written at once, even after another in the same turn. */
+const WRITE_AT_ONCE = 16 * 1024;
 
 export class SocketLink extends EventEmitter implements Link, ReadSink {
   readonly messageFramed = false;
@@ -99,13 +101,27 @@ export class SocketLink extends EventEmitter implements Link, ReadSink {
     const socket = this.socket;
     if (socket.destroyed || socket.writableEnded) return false;
     // The first send of a turn of the event loop goes out at once, as one write (or one vectored
-    // write for several buffers). Further sends in the same turn (e.g. one per WebSocket message
-    // of a read) are corked and leave together in one vectored write at the end of the turn.
+    // write for several buffers). Further small sends in the same turn (e.g. one per monopiped1
+    // frame of a WebSocket read) are corked and leave together in one vectored write at the end of
+    // the turn; a large one goes at once, with whatever is corked before it. Written at once, its
+    // memory is free again when send() returns (the arena reuses it: see writtenOut), where a
+    // corked one would hold it until the end of the turn.
     let uncorkNow = false;
-    if (!this.sentThisTurn) {
-      this.sentThisTurn = true;
-      process.nextTick(endTurnOf, this);
-      if (chunks.length > 1) {
+    let large = false;
+    if (this.sentThisTurn) {
+      let bytes = 0;
+      for (const c of chunks) bytes += c.length;
+      large = bytes >= WRITE_AT_ONCE;
+    }
+    if (!this.sentThisTurn || large) {
+      if (!this.sentThisTurn) {
+        this.sentThisTurn = true;
+        process.nextTick(endTurnOf, this);
+      }
+      if (this.corked) {
+        this.corked = false;
+        uncorkNow = true;
+      } else if (chunks.length > 1) {
         socket.cork();
         uncorkNow = true;
       }

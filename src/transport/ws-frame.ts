@@ -10,35 +10,53 @@
  */
 import { randomFillSync } from "node:crypto";
 import { createRequire } from "node:module";
+import { arena } from "../protocol/arena.js";
 
 type MaskFn = (source: Buffer, mask: Buffer, output: Buffer, offset: number, length: number) => void;
+type UnmaskFn = (buffer: Buffer, mask: Buffer) => void;
 
 /** XOR `length` bytes of `source` with `mask` into `output` at `offset` (the payload masking). */
 function maskJs(source: Buffer, mask: Buffer, output: Buffer, offset: number, length: number): void {
   for (let i = 0; i < length; i++) output[offset + i] = source[i] ^ mask[i & 3];
 }
 
+/** XOR `buffer` in place with `mask` (a received frame's payload). */
+function unmaskJs(buffer: Buffer, mask: Buffer): void {
+  for (let i = 0; i < buffer.length; i++) buffer[i] ^= mask[i & 3];
+}
+
 /** bufferutil's native masking where it is installed (an optional dependency, as for ws), else JS. */
-function loadMask(): { mask: MaskFn; native: boolean } {
+function loadMask(): { mask: MaskFn; unmask: UnmaskFn; native: boolean } {
   if (!process.env.WS_NO_BUFFER_UTIL) {
     try {
-      const bu = createRequire(import.meta.url)("bufferutil") as { mask?: MaskFn };
+      const bu = createRequire(import.meta.url)("bufferutil") as { mask?: MaskFn; unmask?: UnmaskFn };
       // bufferutil falls back to JS itself when its binary does not load; that one is no faster.
-      if (typeof bu.mask === "function" && bu.mask.toString().includes("[native code]"))
-        return { mask: bu.mask, native: true };
+      if (
+        typeof bu.mask === "function" &&
+        typeof bu.unmask === "function" &&
+        bu.mask.toString().includes("[native code]")
+      )
+        return { mask: bu.mask, unmask: bu.unmask, native: true };
     } catch {
       // not installed
     }
   }
-  return { mask: maskJs, native: false };
+  return { mask: maskJs, unmask: unmaskJs, native: false };
 }
 
 const loaded = loadMask();
 /** True when payloads are masked by bufferutil's native code. */
 export const nativeMasking = loaded.native;
 const maskInto = loaded.mask;
+const unmaskNative = loaded.unmask;
 /** Below this, a JS loop beats the call into native code (ws uses 48 too). */
 const NATIVE_MASK_MIN = 48;
+
+/** Unmask a received payload in place with its frame's 4-byte masking key. */
+export function unmask(payload: Buffer, key: Buffer): void {
+  if (payload.length >= NATIVE_MASK_MIN) unmaskNative(payload, key);
+  else unmaskJs(payload, key);
+}
 
 /** Masking keys come from a pool of random bytes, refilled when used up (as ws does). */
 const POOL_SIZE = 8192;
@@ -98,13 +116,14 @@ function writeHeader(out: Buffer, off: number, n: number, masked: boolean): numb
 
 /**
  * Frame `chunks` (one message each) for a client: masked, into one buffer of header + masked
- * payload per message (a client has to copy the payload anyway to mask it). The buffer may be the
- * scratch buffer: call settle() once it is written.
+ * payload per message (a client has to copy the payload anyway to mask it). Inside a pump's
+ * operation the buffer is lent from the arena, like the records it copies (see arena.ts: the
+ * operation's end says whether the socket took it whole); fresh memory otherwise.
  */
 export function frameMasked(chunks: readonly Buffer[]): Buffer {
   let total = 0;
   for (const c of chunks) total += headerLength(c.length) + 4 + c.length;
-  const out = take(total);
+  const out = arena.take(total);
   let off = 0;
   for (const c of chunks) {
     const n = c.length;

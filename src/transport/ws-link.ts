@@ -14,12 +14,17 @@ import { EventEmitter } from "node:events";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import WebSocket from "ws";
+import { isFast, setReadSink } from "./fastread.js";
 import type { Link } from "./link.js";
 import { frameMasked, frameUnmasked, settle } from "./ws-frame.js";
+import { FrameReader } from "./ws-read.js";
 
 /** Largest message accepted: above any record (65535 + 35 bytes) and monopiped1's 1060-byte frames. */
 export const MAX_PAYLOAD = 128 * 1024;
-/** send() returns false above this many queued bytes; 'drain' follows when the queue is empty. */
+/**
+ * send() returns false above this many queued bytes (or the socket's own high-water mark, if
+ * higher: 'drain' comes from the socket, which only emits it after a write() that returned false).
+ */
 const HIGH_WATER = 256 * 1024;
 /** After we close for a protocol violation, how long the peer gets to answer the close. */
 const VIOLATION_CLOSE_MS = 3000;
@@ -68,7 +73,7 @@ interface WsInternals {
   _closeMessage?: Buffer;
 }
 
-/** The link reading a socket, for the two listeners below (shared: no closures per link). */
+/** The link reading a socket, for the listeners below (shared: no closures per link). */
 const LINK_OF = Symbol("WsLink");
 type LinkedSocket = Duplex & { [LINK_OF]?: WsLink };
 /** Before ws parses a read: whether this read began while the link was reading. */
@@ -81,6 +86,14 @@ function onReadEnd(this: LinkedSocket): void {
   const link = this[LINK_OF];
   if (link) link.inRead = false;
 }
+/** A read of a socket that reads through streams, for the link's own FrameReader. */
+function onSocketData(this: LinkedSocket, chunk: Buffer): void {
+  this[LINK_OF]?.onBytes(chunk);
+}
+/** Bytes the socket still buffers when it closes go to the reader first (ws reads them too, after us). */
+function onSocketClose(this: LinkedSocket): void {
+  if (this[LINK_OF]?.readsItself) while (this.read() !== null); // each read() emits 'data'
+}
 
 /**
  * A WebSocket as a Link. Created paused; messages that arrive while paused wait in order.
@@ -92,6 +105,15 @@ function onReadEnd(this: LinkedSocket): void {
  */
 export class WsLink extends EventEmitter implements Link {
   readonly messageFramed = true;
+  /** Messages are views of the process's shared read buffer (see fastread.ts), valid during 'data'. */
+  readonly lendsChunks: boolean = false;
+  /**
+   * Our own frame reader (ws-read.ts) parses what the socket reads; ws only gets the control frames
+   * (it answers pings and runs the closing handshake). Undefined where ws's internals are not the
+   * ones expected: then ws reads everything itself.
+   */
+  private readonly reader: FrameReader | undefined;
+  private readonly highWater: number;
   private paused = true;
   /** @internal A socket read that began while reading is being parsed (see onReadStart). */
   inRead = false;
@@ -124,20 +146,71 @@ export class WsLink extends EventEmitter implements Link {
   /** We sent our Close first and wait for the peer's (see awaitCloseAnswer). */
   private awaitingAnswer = false;
 
+  /**
+   * @param head  bytes that came with the upgrade, after the HTTP headers (a server's; a client's
+   *   ws puts back into the socket)
+   */
   constructor(
     private readonly ws: WebSocket,
     private readonly socket: Duplex,
     readonly peer: string,
     private readonly opts: WsLinkOptions,
+    head?: Buffer,
   ) {
     super();
     // Frame our messages ourselves, straight onto the socket ws writes to (see ws-frame.ts), where
     // that socket is the one we were given; anything else goes through ws.send.
     this.direct = (ws as unknown as { _socket?: Duplex })._socket === socket;
+    this.highWater = Math.max(HIGH_WATER, socket.writableHighWaterMark);
     ws.pause();
     (socket as LinkedSocket)[LINK_OF] = this;
-    socket.prependListener("data", onReadStart);
-    socket.on("data", onReadEnd);
+    const receiver = (ws as unknown as WsInternals)._receiver;
+    const socketOnData = socket.listeners("data").find((f) => f.name === "socketOnData");
+    if (
+      this.direct &&
+      receiver &&
+      typeof (receiver as unknown as { write?: unknown }).write === "function" &&
+      socketOnData
+    ) {
+      // Read frames ourselves: ws no longer sees the socket's reads, only the control frames.
+      socket.removeListener("data", socketOnData as (chunk: Buffer) => void);
+      const toWs = receiver as unknown as { write(frame: Buffer): boolean };
+      const fast = socket instanceof net.Socket && isFast(socket);
+      this.lendsChunks = fast;
+      const reader = new FrameReader(
+        opts.role === "server",
+        MAX_PAYLOAD,
+        {
+          message: (data) => this.onMessage(data, true),
+          control: (frame, opcode) => {
+            if (opcode === 8) reader.stop(); // after a Close, the rest of the input is dropped (as ws does)
+            toWs.write(frame);
+          },
+          violation: (code, reason, why) => this.violation(code, reason, why),
+        },
+        fast,
+      );
+      this.reader = reader;
+      if (head && head.length > 0) this.onBytes(head);
+      if (fast) {
+        // A client's ws put the bytes after the 101 answer back into the socket: read them first.
+        // (read() may start the socket reading; pause() below stops it again before any read.)
+        while (socket.readableLength > 0) {
+          const c = socket.read() as Buffer | null;
+          if (c === null) break;
+          this.onBytes(c);
+        }
+        socket.pause();
+        setReadSink(socket, this);
+      } else {
+        socket.on("data", onSocketData);
+        socket.prependListener("close", onSocketClose);
+      }
+    } else {
+      socket.prependListener("data", onReadStart);
+      socket.on("data", onReadEnd);
+      if (head && head.length > 0) socket.unshift(head);
+    }
     ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on("ping", () => {
       this.heardSincePing = true;
@@ -154,12 +227,12 @@ export class WsLink extends EventEmitter implements Link {
       this.failure ??= new Error(describeSocketError(err));
     });
     socket.on("drain", () => {
-      if (this.needDrain && ws.bufferedAmount < HIGH_WATER) {
+      if (this.needDrain && ws.bufferedAmount < this.highWater) {
         this.needDrain = false;
         this.emit("drain");
       }
     });
-    this.deferCloseAnswers();
+    this.deferCloseAnswers(socketOnData as ((...args: unknown[]) => unknown) | undefined);
     if (opts.pings === "always") this.startPings();
   }
 
@@ -168,11 +241,10 @@ export class WsLink extends EventEmitter implements Link {
    * only ends the peer's direction; the answer follows our own endWrite(). Relies on ws 8.x
    * internals; without them a Close is answered at once, as before.
    */
-  private deferCloseAnswers(): void {
+  private deferCloseAnswers(socketOnData: ((...args: unknown[]) => unknown) | undefined): void {
     const w = this.ws as unknown as WsInternals;
     const receiver = w._receiver;
     const original = receiver?.listeners("conclude");
-    const socketOnData = this.socket.listeners("data").find((f) => f.name === "socketOnData");
     if (!receiver || original?.length !== 1 || !socketOnData || typeof w._closeFrameReceived !== "boolean")
       return;
     const answerNow = original[0] as (this: EventEmitter, code: number, reason: Buffer) => void;
@@ -280,7 +352,7 @@ export class WsLink extends EventEmitter implements Link {
       this.socket.uncork();
     }
     if (this.answerDeferred) this.closeTimer?.refresh();
-    if (this.ws.bufferedAmount < HIGH_WATER) return true;
+    if (this.ws.bufferedAmount < this.highWater) return true;
     this.needDrain = true;
     return false;
   }
@@ -298,7 +370,6 @@ export class WsLink extends EventEmitter implements Link {
       const frame = frameMasked(chunks);
       this.accepted += frame.length;
       socket.write(frame);
-      settle(frame, this.holdsWrites());
       return;
     }
     const pieces = frameUnmasked(chunks);
@@ -316,9 +387,29 @@ export class WsLink extends EventEmitter implements Link {
     settle(pieces[0], this.holdsWrites());
   }
 
+  writtenOut(): boolean {
+    // Sent through ws (not direct), a record may stay referenced by ws's queue.
+    return this.direct && !this.holdsWrites() && !this.socket.destroyed;
+  }
+
   /** Whether the socket may still hold a buffer written to it (anything but a plain or TLS socket may). */
   private holdsWrites(): boolean {
     return !(this.socket instanceof net.Socket) || this.socket.writableLength > 0;
+  }
+
+  /** @internal Whether this link parses the socket's reads itself (not ws). */
+  get readsItself(): boolean {
+    return this.reader !== undefined;
+  }
+
+  /** @internal One read of the socket (a view of the shared read buffer for a fast socket). */
+  onBytes(chunk: Buffer): void {
+    const reader = this.reader;
+    if (!reader || reader.isStopped) return;
+    // The messages of a read that began while reading are delivered even if one of them pauses us.
+    this.inRead = !this.paused;
+    reader.push(chunk);
+    this.inRead = false;
   }
 
   /** @internal */
@@ -382,7 +473,8 @@ export class WsLink extends EventEmitter implements Link {
     }
     this.heardSincePing = true;
     if (this.awaitingAnswer) this.closeTimer?.refresh();
-    if (this.queue.length > 0 || (this.paused && !this.inRead)) this.queue.push(data);
+    if (this.queue.length > 0 || (this.paused && !this.inRead))
+      this.queue.push(this.lendsChunks ? Buffer.from(data) : data);
     else this.emit("data", data);
   }
 

@@ -9,6 +9,7 @@ import type { Config } from "../config.js";
 import type { Logger } from "../log.js";
 import type { PendingEntry, PendingSet } from "../pending.js";
 import { FailureSummary } from "../summary.js";
+import { adoptUpgraded, fastConnectOptions, markFast, setReadSink } from "./fastread.js";
 import type { Link, Listener } from "./link.js";
 import { connectThroughProxy, proxyFor, proxyName, stripBrackets, type TlsTrust } from "./proxy.js";
 import { bindServer, boundAddress, connectErrorText, describePeer } from "./tcp.js";
@@ -20,6 +21,7 @@ export { noProxyMatches, proxyFor } from "./proxy.js";
 // Server
 
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
+const NO_BYTES = Buffer.alloc(0);
 
 function pathOf(url: string | undefined): string {
   const u = url ?? "/";
@@ -248,17 +250,27 @@ export async function listenWebSocket(
     }
     // Evicted or timed out while the request was parsed: nothing more to do.
     if (socket.destroyed) return;
-    wss.handleUpgrade(req, socket, head, (ws) => {
-      const peer = peerOf(req);
+    const peer = peerOf(req);
+    // From here on the connection reads through the process's shared buffer, as TCP links do
+    // (fastread.ts): its handle moves to a new socket, which ws and the link get instead.
+    const fast = socket instanceof net.Socket ? adoptUpgraded(socket) : null;
+    if (fast) {
+      release(socket); // the old socket will never close: it has no handle any more
+      fast.on("error", () => fast.destroy());
+    }
+    const conn: Duplex = fast ?? socket;
+    wss.handleUpgrade(req, conn, fast ? NO_BYTES : head, (ws) => {
       // Upgraded: the tunnel counts it again, for its handshake.
       release(socket);
       log.debug({ peer, path }, "WebSocket upgrade accepted");
       onLink(
-        new WsLink(ws, socket, peer, {
-          pingIntervalMs: cfg.pingIntervalMs,
-          pings: serverPings(cfg),
-          role: "server",
-        }),
+        new WsLink(
+          ws,
+          conn,
+          peer,
+          { pingIntervalMs: cfg.pingIntervalMs, pings: serverPings(cfg), role: "server" },
+          fast ? head : undefined,
+        ),
       );
     });
   });
@@ -469,7 +481,11 @@ export function dialWebSocket(addr: WsAddress, cfg: Config): Promise<Link> {
         stage = "waiting for the answer to the WebSocket upgrade";
         s = tunnel;
       } else {
-        const n = net.connect({ host, port, localAddress: cfg.bindHost });
+        // Read through the process's shared buffer (fastread.ts). Until the link takes the reads
+        // over, the HTTP client gets them as 'data' events, in copies.
+        const n = net.connect({ host, port, localAddress: cfg.bindHost, ...fastConnectOptions() });
+        markFast(n);
+        setReadSink(n, { onBytes: (chunk) => n.emit("data", Buffer.from(chunk)) });
         n.once("connect", () => {
           stage = "waiting for the answer to the WebSocket upgrade";
         });

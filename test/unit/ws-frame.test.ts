@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { describe, it } from "node:test";
+import { arena } from "../../src/protocol/arena.js";
 import { frameMasked, frameUnmasked, settle } from "../../src/transport/ws-frame.js";
 
 // ws's own framing and parsing, to hold ours against (not in ws's type declarations).
@@ -85,20 +86,37 @@ describe("WebSocket framing of a batch (ws-frame)", () => {
     assert.equal(keys.size, chunks.length);
   });
 
-  it("the scratch buffer is reused only once the socket took the previous frames whole", () => {
+  it("a client's frames are lent from the arena inside a pump's operation, reused only once written whole", () => {
+    arena.begin();
     const a = frameMasked([payload(1000, 1)]);
-    settle(a, false); // written whole: free again
+    arena.end(true); // written whole: free again
+    arena.begin();
     const b = frameMasked([payload(1000, 2)]);
+    arena.end(false); // still queued in the socket: must not be overwritten
+    assert.equal(b.buffer, a.buffer);
+    assert.equal(b.byteOffset, a.byteOffset);
+    const keep = Buffer.from(b);
+    arena.begin();
+    const c = frameMasked([payload(1000, 3)]);
+    arena.end(true);
+    assert.ok(c.buffer !== b.buffer || c.byteOffset >= b.byteOffset + b.length);
+    assert.ok(b.equals(keep));
+    // Outside an operation: fresh memory, never the arena's.
+    const d = frameMasked([payload(1000, 4)]);
+    assert.notEqual(d.buffer, c.buffer);
+    assert.deepEqual(parse(d, true), [payload(1000, 4)]);
+  });
+
+  it("a server's scratch buffer is reused only once the socket took the previous frames whole", () => {
+    const [a] = frameUnmasked([payload(1000, 1)]);
+    settle(a, false); // written whole: free again
+    const [b] = frameUnmasked([payload(1000, 2)]);
     assert.equal(b.buffer, a.buffer);
     const keep = Buffer.from(b);
     settle(b, true); // still queued in the socket: must not be overwritten
-    const c = frameMasked([payload(1000, 3)]);
+    const [c] = frameUnmasked([payload(1000, 3)]);
     assert.notEqual(c.buffer, b.buffer);
     assert.ok(b.equals(keep));
     settle(c, false);
-    // A batch larger than the scratch buffer gets a buffer of its own.
-    const big = frameMasked([payload(300_000, 4)]);
-    assert.notEqual(big.buffer, c.buffer);
-    assert.deepEqual(parse(big, true), [payload(300_000, 4)]);
   });
 });

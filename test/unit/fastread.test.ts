@@ -4,9 +4,10 @@
  * behaves differently, instead of letting the tunnel fall back silently to slower reads.
  */
 import assert from "node:assert/strict";
+import http from "node:http";
 import net from "node:net";
 import { describe, it } from "node:test";
-import { isFast, READ_SIZE } from "../../src/transport/fastread.js";
+import { adoptUpgraded, isFast, READ_SIZE, setReadSink } from "../../src/transport/fastread.js";
 import { acceptedLink, dialSocket, SocketLink } from "../../src/transport/tcp.js";
 
 function listen(onSocket: (s: net.Socket) => void): Promise<net.Server> {
@@ -107,5 +108,32 @@ describe("reads into the shared buffer (transport/fastread.ts)", () => {
     assert.equal(r.data.length, 1500);
     link.endWrite();
     server.close();
+  });
+
+  it("a socket the HTTP server upgraded moves to onread too (the -w listener's connections)", async () => {
+    const server = http.createServer();
+    const got = new Promise<{ head: Buffer; rest: Buffer; fast: boolean }>((resolve, reject) => {
+      server.on("upgrade", (_req, socket: net.Socket, head: Buffer) => {
+        const fresh = adoptUpgraded(socket);
+        if (!fresh) return reject(new Error("adoptUpgraded refused the upgraded socket"));
+        const parts: Buffer[] = [];
+        setReadSink(fresh, { onBytes: (c) => parts.push(Buffer.from(c)) });
+        fresh.on("end", () => {
+          resolve({ head: Buffer.from(head), rest: Buffer.concat(parts), fast: isFast(fresh) });
+          fresh.end();
+        });
+        fresh.write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n");
+        fresh.resume();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const c = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1");
+    c.write("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nfirst");
+    c.once("data", () => c.end("-and-then-the-rest"));
+    c.resume();
+    const r = await got;
+    server.close();
+    assert.equal(r.fast, true, "this Node version moves an upgraded socket to the fast path");
+    assert.equal(Buffer.concat([r.head, r.rest]).toString(), "first-and-then-the-rest");
   });
 });

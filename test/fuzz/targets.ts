@@ -13,7 +13,6 @@
  * - buffered bytes never exceed one record (or one handshake message).
  */
 import fc from "fast-check";
-import * as wsModule from "ws";
 import { AddressError, parseAddress } from "../../src/address.js";
 import { parseRunArgs, UsageError } from "../../src/cli.js";
 import { ProtocolError } from "../../src/protocol/errors.js";
@@ -43,6 +42,7 @@ import type {
   Session,
 } from "../../src/protocol/types.js";
 import { MAX_PAYLOAD as WS_MAX_PAYLOAD } from "../../src/transport/ws-link.js";
+import { FrameReader } from "../../src/transport/ws-read.js";
 
 // The compatibility protocols' code is loaded on demand (as an end does at start-up).
 await loadProtocols("all");
@@ -766,14 +766,7 @@ function handshakeTarget(spec: HandshakeSpec): FuzzTarget<HandshakeCase> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// WebSocket frames (ws's Receiver, as the project configures it)
-
-interface ReceiverLike {
-  on(event: string, listener: (...args: never[]) => void): void;
-  emit(event: string, ...args: unknown[]): void;
-}
-// ws exports its Receiver (the frame parser every WebSocket uses); @types/ws does not declare it.
-const Receiver = (wsModule as unknown as { Receiver: new (opts: object) => ReceiverLike }).Receiver;
+// WebSocket frames (our FrameReader, src/transport/ws-read.ts, as WsLink configures it)
 
 function frame(opcode: number, payload: Buffer, opts: { fin?: boolean; mask?: boolean } = {}): Buffer {
   const fin = opts.fin ?? true;
@@ -799,6 +792,8 @@ interface WsStream {
   bounds: number[];
   messages: Buffer[];
   isServer: boolean;
+  /** The unmodified stream ends in a violation (a text message: the tunnel carries binary only). */
+  violates?: boolean;
 }
 
 function wsStreams(): WsStream[] {
@@ -836,10 +831,13 @@ function wsStreams(): WsStream[] {
       ]),
       mk(isServer, [[frame(2, p(65536, 8), { mask }), p(65536, 8)]]),
       mk(isServer, [[frame(2, p(WS_MAX_PAYLOAD, 9), { mask }), p(WS_MAX_PAYLOAD, 9)]]),
-      mk(isServer, [
-        [frame(2, Buffer.alloc(0), { mask }), Buffer.alloc(0)],
-        [frame(1, Buffer.from("text"), { mask }), Buffer.from("text")],
-      ]),
+      {
+        ...mk(isServer, [
+          [frame(2, Buffer.alloc(0), { mask }), Buffer.alloc(0)],
+          [frame(1, Buffer.from("text"), { mask }), null],
+        ]),
+        violates: true,
+      },
     );
   }
   return streams;
@@ -855,57 +853,61 @@ function wsTarget(): FuzzTarget<WsCase> {
   const maxFrame = WS_MAX_PAYLOAD + 14;
 
   function run(s: WsStream, chunks: Buffer[], mutated: boolean, expectTooBig: boolean): void {
-    const receiver = new Receiver({
-      isServer: s.isServer,
-      maxPayload: WS_MAX_PAYLOAD,
-      binaryType: "nodebuffer",
-    });
     const messages: Buffer[] = [];
-    const errors: unknown[] = [];
-    receiver.on("message", (data: Buffer) => {
-      invariant(errors.length === 0, "ws: a message after an error");
-      invariant(data.length <= WS_MAX_PAYLOAD, `ws: a ${data.length}-byte message over maxPayload`);
-      messages.push(Buffer.from(data));
-    });
-    receiver.on("error", (e: Error & { code?: string }) => {
-      invariant(
-        typeof e.code === "string" && e.code.startsWith("WS_ERR_"),
-        `ws: an error that is not ws's own: ${e.stack}`,
-      );
-      errors.push(e);
-    });
-    receiver.on("conclude", () => {});
-    receiver.on("ping", () => {});
-    receiver.on("pong", () => {});
-    // ws's Receiver is a Writable: its _write parses synchronously; call it directly so the case stays synchronous.
-    const write = (
-      receiver as unknown as { _write(c: Buffer, e: string, cb: (err?: Error) => void): void }
-    )._write.bind(receiver);
+    const violations: number[] = [];
+    let stopped = false;
+    const reader = new FrameReader(
+      s.isServer,
+      WS_MAX_PAYLOAD,
+      {
+        message: (data) => {
+          invariant(violations.length === 0 && !stopped, "ws-read: a message after a violation or a Close");
+          invariant(data.length <= WS_MAX_PAYLOAD, `ws-read: a ${data.length}-byte message over the limit`);
+          messages.push(Buffer.from(data));
+        },
+        control: (f, opcode) => {
+          invariant(opcode >= 8 && opcode <= 10, `ws-read: control frame with opcode ${opcode}`);
+          invariant(f.length <= 14 + 125, `ws-read: a ${f.length}-byte control frame`);
+          if (opcode === 8) {
+            stopped = true;
+            reader.stop();
+          }
+        },
+        violation: (code) => {
+          invariant(code === 1002 || code === 1009, `ws-read: close code ${code}`);
+          invariant(violations.length === 0, "ws-read: a second violation");
+          violations.push(code);
+        },
+      },
+      true,
+    );
+    // Each piece is lent, as a read of the shared buffer is: overwritten once the call returns.
+    const shared = Buffer.alloc(Math.max(1, ...chunks.map((c) => c.length)));
     for (const c of chunks) {
-      if (errors.length) break;
+      const piece = shared.subarray(0, c.length);
+      c.copy(piece);
       try {
-        // A copy: ws unmasks a frame's payload in place, in the buffer it was given.
-        write(Buffer.from(c), "buffer", (err) => {
-          if (err) receiver.emit("error", err);
-        });
+        reader.push(piece);
       } catch (e) {
-        throw new InvariantError(`ws: Receiver threw: ${String((e as Error)?.stack ?? e)}`);
+        throw new InvariantError(`ws-read: FrameReader threw: ${String((e as Error)?.stack ?? e)}`);
       }
-      const buffered = (receiver as unknown as { _bufferedBytes: number })._bufferedBytes;
-      invariant(buffered <= maxFrame + c.length, `ws: ${buffered} bytes buffered`);
+      shared.fill(0xa5);
     }
-    if (expectTooBig) invariant(errors.length === 1, "ws: a message over maxPayload was not refused");
+    if (expectTooBig) invariant(violations[0] === 1009, "ws-read: a message over the limit was not refused");
     if (!mutated && !expectTooBig) {
-      invariant(errors.length === 0, `ws: the unmodified frames were refused: ${String(errors[0])}`);
+      invariant(
+        s.violates ? violations[0] === 1002 : violations.length === 0,
+        `ws-read: the unmodified frames gave violations [${violations.join(", ")}]`,
+      );
       invariant(
         messages.length === s.messages.length && messages.every((m, i) => m.equals(s.messages[i])),
-        "ws: the unmodified frames did not give their messages",
+        "ws-read: the unmodified frames did not give their messages",
       );
     }
   }
 
   return {
-    name: "WebSocket frames (ws Receiver, maxPayload 128 KiB)",
+    name: "WebSocket frames (FrameReader, 128 KiB message limit)",
     arbitrary: fc.record({
       stream: fc.nat(streams.length - 1),
       other: fc.nat(streams.length - 1),

@@ -850,7 +850,6 @@ function wsTarget(): FuzzTarget<WsCase> {
   const overLimit = [true, false].map((isServer) =>
     frame(2, pseudoBytes(WS_MAX_PAYLOAD + 1, 1), { mask: isServer }),
   );
-  const maxFrame = WS_MAX_PAYLOAD + 14;
 
   function run(s: WsStream, chunks: Buffer[], mutated: boolean, expectTooBig: boolean): void {
     const messages: Buffer[] = [];

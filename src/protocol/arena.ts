@@ -59,6 +59,17 @@ export class OutputArena {
     this.used += n;
     return out;
   }
+
+  /**
+   * `b`, the latest take(), turned out to need only its first `n` bytes: the rest is lent again by
+   * the next take(), so that consecutive outputs lie back to back (and leave as one write).
+   */
+  shrink(b: Buffer, n: number): void {
+    const block = this.block;
+    if (block === null || b.buffer !== block.buffer || n >= b.length) return;
+    if (b.byteOffset + b.length !== block.byteOffset + this.used) return;
+    this.used -= b.length - n;
+  }
 }
 
 /** The process's arena (the pump brackets its seal/open-and-send operations with it). */

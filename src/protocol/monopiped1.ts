@@ -246,6 +246,7 @@ class Monopiped1Opener implements RecordOpener {
       this.held = 0;
       const block = arena.take(BLOCK_LEN);
       const n = this.openFrame(block, 0, this.partial, 0);
+      arena.shrink(block, n);
       if (n > 0) events.push({ type: "data", data: block.subarray(0, n) });
     }
     const count = Math.floor((bytes.length - offset) / FRAME_LEN);
@@ -253,6 +254,8 @@ class Monopiped1Opener implements RecordOpener {
       const out = arena.take(count * MAX_DATA + (BLOCK_LEN - MAX_DATA));
       let total = 0;
       for (let k = 0; k < count; k++, offset += FRAME_LEN) total += this.openFrame(out, total, bytes, offset);
+      // The next push's data then follows this one's directly (one write for a WebSocket read's frames).
+      arena.shrink(out, total);
       if (total > 0) events.push({ type: "data", data: out.subarray(0, total) });
     }
     this.held = bytes.copy(this.partial, 0, offset);

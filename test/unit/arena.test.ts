@@ -48,4 +48,19 @@ describe("OutputArena", () => {
     assert.equal(a.take(64).byteOffset, lent.byteOffset);
     a.end(true);
   });
+
+  it("shrink() gives back the unused tail of the latest take only: the next output follows directly", () => {
+    const a = new OutputArena();
+    a.begin();
+    const first = a.take(1028);
+    a.shrink(first, 1024);
+    const second = a.take(1028);
+    assert.equal(second.buffer, first.buffer);
+    assert.equal(second.byteOffset, first.byteOffset + 1024);
+    // Not the latest take: nothing changes (the later one's bytes are never lent twice).
+    a.shrink(first, 10);
+    const third = a.take(8);
+    assert.equal(third.byteOffset, second.byteOffset + 1032);
+    a.end(true);
+  });
 });

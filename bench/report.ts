@@ -317,10 +317,10 @@ export function checkTargets(results: SystemResult[], big: { note?: string } | n
   for (const r of ours.filter((x) => x.transport === "ws")) {
     const tcp = ours.find((x) => x.protocol === r.protocol && x.transport === "tcp" && x.node === r.node);
     judge(
-      `WebSocket: throughput >= 0.8x ${tcp?.label ?? "TCP mode"} (up / down)`,
+      `WebSocket: throughput >= 0.9x ${tcp?.label ?? "TCP mode"} (up / down)`,
       name(r),
       ok(r) && ok(tcp) ? both(r.median, tcp?.median) : [undefined],
-      0.8,
+      0.9,
     );
   }
   for (const r of ours) {

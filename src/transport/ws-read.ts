@@ -189,7 +189,14 @@ export class FrameReader {
     this.opcode = opcode;
     this.fin = fin;
     this.keyed = isMasked;
-    if (isMasked) hdr.copy(this.key, 0, at + length - 4, at + length);
+    if (isMasked) {
+      const k = at + length - 4;
+      const key = this.key;
+      key[0] = hdr[k];
+      key[1] = hdr[k + 1];
+      key[2] = hdr[k + 2];
+      key[3] = hdr[k + 3];
+    }
     return n;
   }
 

@@ -7,6 +7,7 @@ import type { HandshakeFailure } from "./observer.js";
 import { ProtocolError } from "./protocol/errors.js";
 import type { Handshake, Session } from "./protocol/types.js";
 import type { OwnedLink } from "./transport/link.js";
+import { holdWritesThisTurn, SocketLink } from "./transport/tcp.js";
 
 export interface Established {
   session: Session;
@@ -74,7 +75,12 @@ export function runHandshake(link: OwnedLink, hs: Handshake, opts: HandshakeOpti
             `a WebSocket message did not hold one whole handshake message${hint ? ` (${hint})` : ""}`,
           );
         }
-        if (out.length > 0) link.send(out);
+        if (out.length > 0) {
+          // The last message of our side (the client's key confirmation): the first record the
+          // pump seals next (bytes the application sent meanwhile) goes out with it, one write.
+          if (hs.session && link.link instanceof SocketLink) holdWritesThisTurn(link.link);
+          link.send(out);
+        }
       } catch (err) {
         let why = err instanceof ProtocolError ? err.message : `internal error: ${String(err)}`;
         let kind: HandshakeFailure =

@@ -49,6 +49,38 @@ export function createLogger(level: LogLevel, format: LogFormat, output?: LineOu
       },
     });
   }
-  if (format === "json") return pino(opts, pino.destination({ fd: 2, sync: true }));
-  return pino(opts, { write: (line: string) => process.stderr.write(textLine(line)) });
+  if (format === "json") return pino(opts, { write: (line: string) => stderrLines.write(line) });
+  return pino(opts, { write: (line: string) => stderrLines.write(textLine(line)) });
 }
+
+/**
+ * Standard error, one write per turn of the event loop: the lines logged in one turn (several
+ * connections opening or closing at once) leave together at the turn's check phase, not one
+ * write each; whatever is still held when the process exits is written then. A line is never
+ * held past the turn it was logged in.
+ */
+class TurnLines {
+  private held: string[] = [];
+  private scheduled = false;
+
+  write(line: string): void {
+    this.held.push(line);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(flushTurnLines);
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.held.length === 0) return;
+    const text = this.held.length === 1 ? this.held[0] : this.held.join("");
+    this.held = [];
+    process.stderr.write(text);
+  }
+}
+
+const stderrLines = new TurnLines();
+function flushTurnLines(): void {
+  stderrLines.flush();
+}
+process.on("exit", flushTurnLines);

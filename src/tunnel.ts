@@ -27,6 +27,7 @@ import { FailureSummary, SUMMARY_INTERVAL_MS } from "./summary.js";
 import { dialEncrypted, dialSocketLink, listenLinks } from "./transport/index.js";
 import { DISCARD, type Link, type Listener, OwnedLink } from "./transport/link.js";
 import { MAX_PROXY_HEADER, parseProxyHeader } from "./transport/proxyproto.js";
+import { SocketLink } from "./transport/tcp.js";
 
 /** How long a connection that ended cleanly may take to finish its closing handshake. */
 const LINGER_MS = 10_000;
@@ -57,9 +58,9 @@ interface Served extends PumpHandle {
   /** Stall marks of the plain and the encrypted link, while each has bytes queued. */
   plainStall: StallMark | null;
   encStall: StallMark | null;
-  /** What its end is logged with. */
+  /** What its end is logged with (`id`: the connection's number in the log). */
   session: Session;
-  log: Logger;
+  id: number;
   started: number;
   /** It holds a -n slot, given back when it ends. */
   slot: boolean;
@@ -358,8 +359,7 @@ export class Tunnel {
       return false;
     }
     leavePending();
-    const log = this.log.child({ conn: id });
-    this.noteProtocol(est.session, log);
+    this.noteProtocol(est.session, id);
     const { session, rest } = est;
     this.observer.handshakeDone(this.labels, session.protocol, seconds());
 
@@ -373,7 +373,7 @@ export class Tunnel {
       return false;
     }
     this.servedLinks.add(conn);
-    log.info({ peer, protocol: session.protocol }, "connection opened");
+    this.log.info({ conn: id, peer, protocol: session.protocol }, "connection opened");
     let plain: OwnedLink | null = null;
     // Once the pump runs, pumpAndLog gives the links and the slot back when it ends; this
     // function returns then and does not stay suspended for the connection's whole life.
@@ -387,12 +387,12 @@ export class Tunnel {
         const why = `target ${(err as Error).message}`;
         // Tell the authenticated client why, where the protocol can carry it.
         this.refuseAuthenticated(conn, session, why.replace(/^target /, "server's target: "));
-        this.logFailure(log, why, { peer, protocol: session.protocol, durationMs: Date.now() - started });
+        this.logFailure(id, why, { peer, protocol: session.protocol, durationMs: Date.now() - started });
         this.observer.connectionClosed(this.labels, session.protocol, "refused-by-target", seconds(), 0, 0);
         return false;
       }
       this.servedLinks.add(plain);
-      const running = this.pumpAndLog(plain, conn, session, rest, log, peer, started, false, true);
+      const running = this.pumpAndLog(plain, conn, session, rest, id, peer, started, false, true);
       handedOff = true;
       return running;
     } finally {
@@ -405,10 +405,10 @@ export class Tunnel {
   }
 
   /** A connection that could not be set up; running out of descriptors is summed up, not repeated. */
-  private logFailure(log: Logger, reason: string, fields: Record<string, unknown>): void {
+  private logFailure(id: number, reason: string, fields: Record<string, unknown>): void {
     if (/\b(EMFILE|ENFILE)\b/.test(reason))
       this.outOfFds.note("EMFILE", `connection failed: ${reason}`, { ...fields, reason });
-    else log.warn({ ...fields, reason }, `connection failed: ${reason}`);
+    else this.log.warn({ conn: id, ...fields, reason }, `connection failed: ${reason}`);
   }
 
   /** An authenticated connection that will not be served: ABORT with the reason, then a FIN. */
@@ -432,7 +432,6 @@ export class Tunnel {
     const id = ++this.seq;
     const started = Date.now();
     const peer = plain.peer;
-    const log = this.log.child({ conn: id });
     this.observer.connectionOpened(this.labels);
     if (useSlot) {
       try {
@@ -454,7 +453,14 @@ export class Tunnel {
       }
     }
     this.servedLinks.add(plain);
-    log.info({ peer }, "connection opened");
+    this.log.info({ conn: id, peer }, "connection opened");
+    // The application's first bytes are read while the encrypted leg is set up (held by the link
+    // for the pump, one read at most: it pauses again after it), so that they leave with the
+    // handshake's last message in one write instead of a read and a write after it.
+    if (plain.link instanceof SocketLink) {
+      plain.link.once("data", pauseAfterFirstRead);
+      plain.resume();
+    }
     let enc: OwnedLink | null = null;
     let handedOff = false; // as in serveServer
     try {
@@ -463,7 +469,7 @@ export class Tunnel {
         enc = new OwnedLink(await dialEncrypted(this.cfg));
         this.servedLinks.add(enc);
         est = await this.handshake(enc, "client", `server ${this.cfg.target.text}`, Date.now());
-        this.noteProtocol(est.session, log);
+        this.noteProtocol(est.session, id);
       } catch (err) {
         const reason = (err as Error).message;
         plain.own(DISCARD);
@@ -481,11 +487,12 @@ export class Tunnel {
           0,
           0,
         );
-        this.logFailure(log, reason, { peer, durationMs: Date.now() - started });
+        this.logFailure(id, reason, { peer, durationMs: Date.now() - started });
         return false;
       }
       this.observer.handshakeDone(this.labels, est.session.protocol, (Date.now() - started) / 1000);
-      const running = this.pumpAndLog(plain, enc, est.session, est.rest, log, peer, started, true, useSlot);
+      plain.link.removeListener("data", pauseAfterFirstRead);
+      const running = this.pumpAndLog(plain, enc, est.session, est.rest, id, peer, started, true, useSlot);
       handedOff = true;
       return running;
     } finally {
@@ -507,7 +514,7 @@ export class Tunnel {
     enc: OwnedLink,
     session: Session,
     rest: Buffer,
-    log: Logger,
+    id: number,
     peer: string,
     started: number,
     client: boolean,
@@ -526,7 +533,7 @@ export class Tunnel {
       plainStall: null,
       encStall: null,
       session,
-      log,
+      id,
       started,
       slot,
     };
@@ -559,11 +566,12 @@ export class Tunnel {
 
   /** A pumped connection ended: let its sockets finish closing, log and count how it ended. */
   private logEnded(s: Served, result: PumpResult): boolean {
-    const { plain, enc, peer, session, log, started } = s;
+    const { plain, enc, peer, session, id, started } = s;
     this.linger(plain, enc);
     const level = result.clean ? "info" : "warn";
-    log[level](
+    this.log[level](
       {
+        conn: id,
         peer,
         protocol: session.protocol,
         sent: result.sent,
@@ -626,17 +634,19 @@ export class Tunnel {
   }
 
   /** Once per process: what the compatibility protocols do not protect. */
-  private noteProtocol(session: Session, log: Logger): void {
-    log.debug({ protocol: session.protocol }, "handshake complete");
+  private noteProtocol(session: Session, id: number): void {
+    this.log.debug({ conn: id, protocol: session.protocol }, "handshake complete");
     if (session.protocol === "monopiped1" && !this.warnedV1) {
       this.warnedV1 = true;
-      log.warn(
+      this.log.warn(
+        { conn: id },
         "serving the original monopiped protocol (monopiped1): its handshake reuses a nonce and its end of stream is not authenticated; see docs/SECURITY.md",
       );
     }
     if (session.protocol === "spiped" && !this.notedSpiped) {
       this.notedSpiped = true;
-      log.info(
+      this.log.info(
+        { conn: id },
         `speaking the spiped protocol${this.cfg.spiped?.noPfs ? " without forward secrecy (-f)" : ""}: its end of stream is not authenticated; see docs/SECURITY.md`,
       );
     }
@@ -717,6 +727,11 @@ export class Tunnel {
     let left = open.length;
     for (const l of open) l.link.once("close", () => --left === 0 && clearTimeout(timer));
   }
+}
+
+/** A link's 'data' listener (`this` is the link) that pauses it after one read. */
+function pauseAfterFirstRead(this: Link): void {
+  this.pause();
 }
 
 /** A pump handle's cut() until the pump fills it in. */

@@ -1,6 +1,6 @@
 /**
  * libsodium through the `sodium-native` package (prebuilt binaries inside the npm package), for the
- * record layers: it encrypts and authenticates into a caller's buffer, so a record costs no object
+ * record layers and monopiped2's handshake (X25519 on raw keys, BLAKE2b and SHA-256 one-shot): it encrypts and authenticates into a caller's buffer, so a record costs no object
  * and no allocation, where node:crypto makes a cipher object and a new output buffer per call
  * (~4-6 µs of a 1 KiB frame's ~6-8 µs; for monopiped2, a new 64 KiB buffer per record, which on
  * Node 24 drives full garbage collections; docs/BENCHMARKS.md).
@@ -52,6 +52,14 @@ export interface Sodium {
     npub: Uint8Array,
     k: Uint8Array,
   ): void;
+  /** X25519 public key of secret `n` into `q` (32 bytes each). */
+  crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
+  /** X25519 of secret `n` and public key `p` into `q`; throws for a small-order `p` or an all-zero result. */
+  crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): void;
+  /** Unkeyed BLAKE2b of `input` with `output.length` bytes of output (64: BLAKE2b-512). */
+  crypto_generichash(output: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
+  /** SHA-256 of `input` into `out` (32 bytes). */
+  crypto_hash_sha256(out: Uint8Array, input: Uint8Array): void;
 }
 
 let loaded: Sodium | null | undefined;

@@ -188,6 +188,22 @@ function endTurnOf(link: SocketLink): void {
 }
 
 /**
+ * Set-up: hold this socket's writes until the check phase of this turn of the event loop
+ * (setImmediate), so that a handshake's last message and the first record sent right after it
+ * (the application's bytes the pump seals once the session is ready) leave in one write.
+ */
+export function holdWritesThisTurn(link: SocketLink): void {
+  const socket = link.socket;
+  if (socket.destroyed || socket.writableEnded) return;
+  socket.cork();
+  setImmediate(uncorkSocket, socket);
+}
+
+function uncorkSocket(socket: net.Socket): void {
+  socket.uncork();
+}
+
+/**
  * The link of a socket a listener accepted (paused): reading through the shared buffer where this
  * Node version allows it (transport/fastread.ts), else as it is.
  */

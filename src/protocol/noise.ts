@@ -33,10 +33,8 @@ const oneShotHash = (nodeCrypto as unknown as { hash?: OneShotHash }).hash;
 
 /**
  * Where libsodium is loaded, HASH is its one-shot BLAKE2b or SHA-256 over one buffer (the parts
- * copied into a scratch buffer first) and HMAC is built from it (RFC 2104): no object per call,
- * ~0.4 µs a hash against ~3 µs for a node:crypto Hmac object (OpenSSL's per-context set-up). A
- * handshake side makes 9-12 HMACs. Otherwise node:crypto: the one-shot crypto.hash (Node 20.12+),
- * createHash and createHmac.
+ * copied into a scratch buffer first): no object per call. Otherwise node:crypto: the one-shot
+ * crypto.hash (Node 20.12+) or createHash. HMAC is OpenSSL's (createHmac), 9-12 per handshake side.
  */
 class HashFn {
   readonly hashLen: number;
@@ -87,29 +85,10 @@ class HashFn {
   }
 
   hmac(key: Buffer, ...parts: Buffer[]): Buffer {
-    const na = sodium();
-    const block = this.blockLen;
-    let len = 0;
-    for (const p of parts) len += p.length;
-    if (!na || key.length > block || block + len > this.scratch.length) {
-      const h = createHmac(this.alg, key);
-      for (const p of parts) h.update(p);
-      return h.digest();
-    }
-    // HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)), K zero-padded to one block.
-    const s = this.scratch;
-    s.fill(0x36, 0, block);
-    for (let i = 0; i < key.length; i++) s[i] = key[i] ^ 0x36;
-    let at = block;
-    for (const p of parts) at += p.copy(s, at);
-    const inner = this.hashScratch(na, at);
-    s.fill(0x5c, 0, block);
-    for (let i = 0; i < key.length; i++) s[i] = key[i] ^ 0x5c;
-    inner.copy(s, block);
-    const out = this.hashScratch(na, block + this.hashLen);
-    s.fill(0, 0, block + Math.max(len, this.hashLen)); // no key material left behind
-    inner.fill(0);
-    return out;
+    // OpenSSL's HMAC (a primitive is not rebuilt here from its hash, however cheap that would be).
+    const h = createHmac(this.alg, key);
+    for (const p of parts) h.update(p);
+    return h.digest();
   }
 
   /** Noise HKDF: returns `n` outputs of hashLen bytes each. */

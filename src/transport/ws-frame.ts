@@ -63,32 +63,6 @@ const POOL_SIZE = 8192;
 const pool = Buffer.alloc(POOL_SIZE);
 let poolUsed = POOL_SIZE;
 
-/**
- * Frames are built in one shared scratch buffer while the sockets take them at once: a write that
- * the kernel (or TLS) accepts whole leaves nothing queued, and the buffer is free again. A write
- * that has to wait keeps it (see settle()); while writes keep waiting (a congested path), each
- * batch gets a buffer of its own size, and a new scratch buffer only once a write goes through
- * whole again (a large one, allocated per batch, would cost more than it saves).
- */
-const SCRATCH_SIZE = 128 * 1024;
-let scratch: Buffer | null = null;
-let congested = false;
-
-function take(total: number): Buffer {
-  if (total > SCRATCH_SIZE || (scratch === null && congested)) return Buffer.allocUnsafe(total);
-  scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE);
-  return scratch.subarray(0, total);
-}
-
-/**
- * After `written` went to a socket: `queued` says whether the socket still holds unwritten bytes
- * (it may then hold `written` itself, which must not be overwritten).
- */
-export function settle(written: Buffer, queued: boolean): void {
-  congested = queued;
-  if (queued && scratch !== null && written.buffer === scratch.buffer) scratch = null;
-}
-
 /** Header length of an unmasked frame carrying `n` payload bytes (a masked one has 4 more). */
 export function headerLength(n: number): number {
   return n < 126 ? 2 : n < 65536 ? 4 : 10;
@@ -152,13 +126,13 @@ const COPY_MAX = 16 * 1024;
 /**
  * Frame `chunks` (one message each) for a server: unmasked. Small messages are copied behind their
  * headers into one buffer; a large one is not copied, its header is a piece of its own. Returns the
- * pieces to write, in order; the first may be in the scratch buffer: call settle() on it once they
- * are written.
+ * pieces to write, in order. Inside a pump's operation that buffer is lent from the arena, like the
+ * records (see frameMasked).
  */
 export function frameUnmasked(chunks: readonly Buffer[]): Buffer[] {
   let small = 0;
   for (const c of chunks) small += headerLength(c.length) + (c.length < COPY_MAX ? c.length : 0);
-  const out = take(small);
+  const out = arena.take(small);
   const pieces: Buffer[] = [];
   let start = 0;
   let off = 0;

@@ -16,7 +16,7 @@ import type { Duplex } from "node:stream";
 import WebSocket from "ws";
 import { isFast, setReadSink } from "./fastread.js";
 import type { Link } from "./link.js";
-import { frameMasked, frameUnmasked, settle } from "./ws-frame.js";
+import { frameMasked, frameUnmasked } from "./ws-frame.js";
 import { FrameReader } from "./ws-read.js";
 
 /** Largest message accepted: above any record (65535 + 35 bytes) and monopiped1's 1060-byte frames. */
@@ -384,7 +384,6 @@ export class WsLink extends EventEmitter implements Link {
       }
       socket.uncork();
     }
-    settle(pieces[0], this.holdsWrites());
   }
 
   writtenOut(): boolean {

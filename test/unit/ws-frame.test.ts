@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { describe, it } from "node:test";
 import { arena } from "../../src/protocol/arena.js";
-import { frameMasked, frameUnmasked, settle } from "../../src/transport/ws-frame.js";
+import { frameMasked, frameUnmasked } from "../../src/transport/ws-frame.js";
 
 // ws's own framing and parsing, to hold ours against (not in ws's type declarations).
 const require = createRequire(import.meta.url);
@@ -48,7 +48,6 @@ describe("WebSocket framing of a batch (ws-frame)", () => {
     const chunks = SIZES.map((n, i) => payload(n, i));
     const pieces = frameUnmasked(chunks);
     const ours = Buffer.concat(pieces);
-    settle(pieces[0], false);
     const theirs = Buffer.concat(
       chunks.flatMap((c) =>
         Sender.frame(c, { fin: true, opcode: 2, mask: false, readOnly: true, rsv1: false }),
@@ -107,16 +106,21 @@ describe("WebSocket framing of a batch (ws-frame)", () => {
     assert.deepEqual(parse(d, true), [payload(1000, 4)]);
   });
 
-  it("a server's scratch buffer is reused only once the socket took the previous frames whole", () => {
+  it("a server's frames are lent from the arena inside a pump's operation, fresh memory outside", () => {
+    arena.begin();
     const [a] = frameUnmasked([payload(1000, 1)]);
-    settle(a, false); // written whole: free again
+    arena.end(true);
+    arena.begin();
     const [b] = frameUnmasked([payload(1000, 2)]);
+    arena.end(false);
     assert.equal(b.buffer, a.buffer);
     const keep = Buffer.from(b);
-    settle(b, true); // still queued in the socket: must not be overwritten
+    arena.begin();
     const [c] = frameUnmasked([payload(1000, 3)]);
-    assert.notEqual(c.buffer, b.buffer);
+    arena.end(true);
+    assert.ok(c.buffer !== b.buffer || c.byteOffset >= b.byteOffset + b.length);
     assert.ok(b.equals(keep));
-    settle(c, false);
+    const [d] = frameUnmasked([payload(1000, 4)]);
+    assert.notEqual(d.buffer, c.buffer);
   });
 });

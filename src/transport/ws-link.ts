@@ -105,14 +105,17 @@ function onSocketClose(this: LinkedSocket): void {
  */
 export class WsLink extends EventEmitter implements Link {
   readonly messageFramed = true;
-  /** Messages are views of the process's shared read buffer (see fastread.ts), valid during 'data'. */
-  readonly lendsChunks: boolean = false;
+  /**
+   * Messages are views of the process's shared read buffer (see fastread.ts), valid during 'data'
+   * (set once, by readFramesItself, before the first message).
+   */
+  lendsChunks = false;
   /**
    * Our own frame reader (ws-read.ts) parses what the socket reads; ws only gets the control frames
    * (it answers pings and runs the closing handshake). Undefined where ws's internals are not the
    * ones expected: then ws reads everything itself.
    */
-  private readonly reader: FrameReader | undefined;
+  private reader: FrameReader | undefined;
   private readonly highWater: number;
   private paused = true;
   /** @internal A socket read that began while reading is being parsed (see onReadStart). */
@@ -164,52 +167,16 @@ export class WsLink extends EventEmitter implements Link {
     this.highWater = Math.max(HIGH_WATER, socket.writableHighWaterMark);
     ws.pause();
     (socket as LinkedSocket)[LINK_OF] = this;
-    const receiver = (ws as unknown as WsInternals)._receiver;
     const socketOnData = socket.listeners("data").find((f) => f.name === "socketOnData");
-    if (
-      this.direct &&
-      receiver &&
-      typeof (receiver as unknown as { write?: unknown }).write === "function" &&
-      socketOnData
-    ) {
-      // Read frames ourselves: ws no longer sees the socket's reads, only the control frames.
-      socket.removeListener("data", socketOnData as (chunk: Buffer) => void);
-      const toWs = receiver as unknown as { write(frame: Buffer): boolean };
-      const fast = socket instanceof net.Socket && isFast(socket);
-      this.lendsChunks = fast;
-      const reader = new FrameReader(
-        opts.role === "server",
-        MAX_PAYLOAD,
-        {
-          message: (data) => this.onMessage(data, true),
-          control: (frame, opcode) => {
-            if (opcode === 8) reader.stop(); // after a Close, the rest of the input is dropped (as ws does)
-            toWs.write(frame);
-          },
-          violation: (code, reason, why) => this.violation(code, reason, why),
-        },
-        fast,
-      );
-      this.reader = reader;
-      if (head && head.length > 0) this.onBytes(head);
-      if (fast) {
-        // A client's ws put the bytes after the 101 answer back into the socket: read them first.
-        // (read() may start the socket reading; pause() below stops it again before any read.)
-        while (socket.readableLength > 0) {
-          const c = socket.read() as Buffer | null;
-          if (c === null) break;
-          this.onBytes(c);
-        }
-        socket.pause();
-        setReadSink(socket, this);
-      } else {
-        socket.on("data", onSocketData);
-        socket.prependListener("close", onSocketClose);
-      }
-    } else {
+    if (this.direct)
+      this.readFramesItself(socketOnData as ((...args: unknown[]) => unknown) | undefined, head);
+    if (!this.reader) {
       socket.prependListener("data", onReadStart);
       socket.on("data", onReadEnd);
       if (head && head.length > 0) socket.unshift(head);
+      // ws reads 'data' events: a socket reading through the shared buffer emits them, in copies.
+      if (socket instanceof net.Socket && isFast(socket))
+        setReadSink(socket, { onBytes: (c) => socket.emit("data", Buffer.from(c)) });
     }
     ws.on("message", (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on("ping", () => {
@@ -234,6 +201,55 @@ export class WsLink extends EventEmitter implements Link {
     });
     this.deferCloseAnswers(socketOnData as ((...args: unknown[]) => unknown) | undefined);
     if (opts.pings === "always") this.startPings();
+  }
+
+  /**
+   * Take the socket's reads away from ws (its 'data' listener) and parse them with our own
+   * FrameReader; ws gets only the control frames. Nothing changes (ws keeps reading) where ws's
+   * internals are not the expected ones.
+   */
+  private readFramesItself(
+    socketOnData: ((...args: unknown[]) => unknown) | undefined,
+    head: Buffer | undefined,
+  ): void {
+    const socket = this.socket;
+    const receiver = (this.ws as unknown as WsInternals)._receiver as unknown as
+      | { write?: (frame: Buffer) => boolean }
+      | undefined;
+    const toWs = receiver?.write?.bind(receiver);
+    if (!toWs || !socketOnData) return;
+    socket.removeListener("data", socketOnData as (chunk: Buffer) => void);
+    const fast = socket instanceof net.Socket && isFast(socket);
+    this.lendsChunks = fast; // before any message: a paused link must copy what it queues
+    const reader = new FrameReader(
+      this.opts.role === "server",
+      MAX_PAYLOAD,
+      {
+        message: (data) => this.onMessage(data, true),
+        control: (frame, opcode) => {
+          if (opcode === 8) reader.stop(); // after a Close, the rest of the input is dropped (as ws does)
+          toWs(frame);
+        },
+        violation: (code, reason, why) => this.violation(code, reason, why),
+      },
+      fast,
+    );
+    this.reader = reader;
+    if (head && head.length > 0) this.onBytes(head);
+    if (fast) {
+      // A client's ws put the bytes after the 101 answer back into the socket: read them first.
+      // (read() may start the socket reading; pause() below stops it again before any read.)
+      while (socket.readableLength > 0) {
+        const c = socket.read() as Buffer | null;
+        if (c === null) break;
+        this.onBytes(c);
+      }
+      socket.pause();
+      setReadSink(socket, this);
+    } else {
+      socket.on("data", onSocketData);
+      socket.prependListener("close", onSocketClose);
+    }
   }
 
   /**

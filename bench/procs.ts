@@ -58,7 +58,9 @@ class ProcImpl implements Proc {
       detached: true,
     });
     this.exited = new Promise((resolve) => {
-      this.child.once("exit", (code, signal) => {
+      // 'close', not 'exit': 'exit' may come before the last of its output has been read, and a
+      // report line printed just before exiting would then be missed.
+      this.child.once("close", (code, signal) => {
         this.done = true;
         running.delete(this);
         resolve(code ?? signal);

@@ -1,25 +1,8 @@
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
 import { describe, it } from "node:test";
 import { arena } from "../../src/protocol/arena.js";
 import { frameMasked, frameUnmasked } from "../../src/transport/ws-frame.js";
-
-// ws's own framing and parsing, to hold ours against (not in ws's type declarations).
-const require = createRequire(import.meta.url);
-interface FrameOptions {
-  fin: boolean;
-  opcode: number;
-  mask: boolean;
-  readOnly: boolean;
-  rsv1: boolean;
-}
-const ws = require("ws") as { Sender: unknown; Receiver: unknown };
-const Sender = ws.Sender as { frame(data: Buffer, o: FrameOptions): Buffer[] };
-type ReceiverT = NodeJS.WritableStream & {
-  on(ev: "message", f: (data: Buffer, isBinary: boolean) => void): ReceiverT;
-  on(ev: "error", f: (err: Error) => void): ReceiverT;
-};
-const Receiver = ws.Receiver as new (o: { isServer: boolean; maxPayload: number }) => ReceiverT;
+import { Receiver, Sender } from "../helpers/ws-lib.js";
 
 const SIZES = [0, 1, 47, 48, 125, 126, 1060, 16383, 16384, 65535, 65536, 65570, 200_000];
 

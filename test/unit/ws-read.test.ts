@@ -1,21 +1,8 @@
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { FrameReader } from "../../src/transport/ws-read.js";
-
-// Frames as ws writes them (its Sender), the independent source our reader is held against.
-const require = createRequire(import.meta.url);
-interface FrameOptions {
-  fin: boolean;
-  opcode: number;
-  mask: boolean;
-  readOnly: boolean;
-  rsv1: boolean;
-}
-const Sender = (require("ws") as { Sender: unknown }).Sender as {
-  frame(data: Buffer, o: FrameOptions): Buffer[];
-};
+import { Sender } from "../helpers/ws-lib.js";
 
 function frame(data: Buffer, opcode: number, mask: boolean, fin = true, rsv1 = false): Buffer {
   return Buffer.concat(Sender.frame(data, { fin, opcode, mask, readOnly: true, rsv1 }));
